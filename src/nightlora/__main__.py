@@ -1,0 +1,3 @@
+from nightlora.cli import entry
+
+entry()
