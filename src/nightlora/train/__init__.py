@@ -1,0 +1,1 @@
+"""LoRA training: one contract (base.Trainer), two backends (mlx, torch)."""

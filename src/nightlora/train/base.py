@@ -1,0 +1,88 @@
+"""The trainer contract both backends implement, and the records they produce.
+
+Input: the dataset folder written by `nightlora export` (train/valid/test.jsonl +
+manifest.json), a base model folder, an optional adapter to start from, and
+typed hyperparameters. Output: a finished adapter folder (renamed into place only
+when complete) holding the weights, the backend's adapter config and
+``nightlora.json`` (the metrics below, the exact hyperparameters, the dataset
+manifest's hash, the base model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Protocol
+
+ADAPTER_META = "nightlora.json"
+
+
+@dataclass(frozen=True)
+class HyperParams:
+    iters: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    num_layers: int  # how many of the last transformer blocks get LoRA; the model's count = all
+    max_seq_length: int
+    grad_checkpoint: bool
+    eval_every: int
+    early_stopping_patience: int  # evaluations without improvement before stopping; 0 = never
+    seed: int
+    reasons: dict[str, str] = field(default_factory=dict)  # why each value was chosen
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    dataset_dir: Path
+    base_model: Path
+    output_dir: Path  # must not exist yet; written via fsutil.atomic_dir
+    hyperparams: HyperParams
+    init_adapter: Path | None = None
+
+
+@dataclass
+class ProgressEvent:
+    step: int
+    total: int
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    tokens_per_second: float | None = None
+    message: str | None = None
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class TrainMetrics:
+    backend: str
+    adapter_format: Literal["mlx", "peft"]
+    train_loss: list[tuple[int, float]]  # (step, loss)
+    valid_loss: list[tuple[int, float]]
+    test_loss: float | None
+    tokens_per_second: float
+    trained_tokens: int
+    peak_memory_mb: float
+    duration_s: float
+    iters_done: int
+    stopped_early: bool
+    best_step: int | None
+    hyperparams: dict
+    manifest_sha256: str | None
+    base_model: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Trainer(Protocol):
+    name: str
+
+    def train(self, request: TrainRequest, progress: ProgressFn | None = None) -> TrainMetrics: ...
