@@ -6,10 +6,20 @@ from pathlib import Path
 
 import click
 
-from nightlora.cli.common import AppState, emit, pass_state
+from nightlora.check import FeedbackCounts, feedback_counts
+from nightlora.cli.common import AppState, emit, json_option, pass_state, warn
 from nightlora.config import default_config_path, load_config, preset_toml
+from nightlora.demo_db import MIN_CONVERSATIONS, DemoResult, build_demo_db
 from nightlora.errors import ConfigError
+from nightlora.export import ExportResult, export_dataset
 from nightlora.fsutil import atomic_write_text
+
+_path = click.Path(path_type=Path)
+
+
+def _abs(p: Path | None) -> str | None:
+    """Flags name paths from the current directory; the config resolves relative ones in data_dir."""
+    return None if p is None else str(p.expanduser().absolute())
 
 
 @click.command()
@@ -29,4 +39,84 @@ def init(state: AppState, preset: str, path: Path | None, force: bool) -> None:
     click.echo(f"wrote {target}")
 
 
-COMMANDS: list[click.Command] = [init]
+def _check_text(c: FeedbackCounts) -> str:
+    new = f"{c.total} new ratings ({c.positive} up, {c.negative} down)"
+    if c.due:
+        return f"{new}, minimum {c.min_feedback}: training is due"
+    return f"{new}, minimum {c.min_feedback}: nothing to do"
+
+
+@click.command()
+@click.option("--db", type=_path, default=None, help="Hanni's database (default: source.db in the config).")
+@click.option("--min-feedback", type=click.IntRange(min=0), default=None,
+              help="New ratings needed before a night trains (default: data.min_feedback).")
+@json_option
+@pass_state
+def check(state: AppState, db: Path | None, min_feedback: int | None, as_json: bool) -> None:
+    """Count new feedback and say whether training is due (exit 0 either way)."""
+    cfg = state.config({"source.db": _abs(db), "data.min_feedback": min_feedback})
+    emit(feedback_counts(cfg.source.db_path, cfg.data.min_feedback), as_json, _check_text)
+
+
+def _export_text(r: ExportResult) -> str:
+    c = r.counts
+    lines = [
+        f"exported {c['train'] + c['valid'] + c['test']} examples "
+        f"(train {c['train']}, valid {c['valid']}, test {c['test']}) and {c['preferences']} preferences to {r.out_dir}"
+    ]
+    if r.skipped:
+        lines.append("skipped: " + ", ".join(f"{reason} {len(ids)}" for reason, ids in r.skipped.items()))
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--db", type=_path, default=None, help="Hanni's database (default: source.db in the config).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: data.training_dir in the config).")
+@click.option("--system-prompt", type=_path, default=None,
+              help="System prompt file (default: source.system_prompt in the config; beside --db when given).")
+@click.option("--min-messages", type=click.IntRange(min=0), default=None,
+              help="Shorter conversations are left out (default: data.min_messages).")
+@json_option
+@pass_state
+def export(state: AppState, db: Path | None, out: Path | None, system_prompt: Path | None,
+           min_messages: int | None, as_json: bool) -> None:
+    """Export rated conversations to train/valid/test.jsonl, preferences.jsonl and manifest.json."""
+    cfg = state.config({
+        "source.db": _abs(db),
+        "data.training_dir": _abs(out),
+        "source.system_prompt": _abs(system_prompt),
+        "data.min_messages": min_messages,
+    })
+    prompt_path = cfg.source.system_prompt_path
+    if db is not None and system_prompt is None and not cfg.source.system_prompt.is_absolute():
+        # Hanni keeps system_prompt.txt beside hanni.db: another database brings its own prompt.
+        prompt_path = cfg.source.db_path.parent / cfg.source.system_prompt
+    result = export_dataset(
+        cfg.source.db_path, cfg.training_path, prompt_path,
+        min_messages=cfg.data.min_messages, split=cfg.data.split,
+    )
+    for w in result.warnings:
+        warn(w)
+    emit(result, as_json, _export_text)
+
+
+def _demo_text(r: DemoResult) -> str:
+    return (
+        f"wrote {r.path} ({r.conversations} conversations, {r.feedback} ratings), "
+        f"{r.system_prompt_path.name} and {r.probe_path.name} beside it"
+    )
+
+
+@click.command("demo-db")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite the database and the files beside it.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same database.")
+@click.option("--conversations", type=click.IntRange(min=MIN_CONVERSATIONS), default=90, show_default=True)
+@json_option
+def demo_db(path: Path, force: bool, seed: int, conversations: int, as_json: bool) -> None:
+    """Build a realistic Hanni database at PATH, with system_prompt.txt and probe.jsonl beside it."""
+    emit(build_demo_db(path, conversations=conversations, seed=seed, force=force), as_json, _demo_text)
+
+
+COMMANDS: list[click.Command] = [init, check, export, demo_db]

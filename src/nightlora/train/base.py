@@ -86,3 +86,37 @@ class Trainer(Protocol):
     name: str
 
     def train(self, request: TrainRequest, progress: ProgressFn | None = None) -> TrainMetrics: ...
+
+
+def manifest_sha256(dataset_dir: Path) -> str | None:
+    """Hash of the export's manifest.json: ties an adapter to the exact data it saw."""
+    import hashlib
+
+    path = Path(dataset_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_adapter_meta(adapter_dir: Path, request: TrainRequest, metrics: TrainMetrics) -> None:
+    """Save the config and data provenance beside the weights (call inside atomic_dir)."""
+    import json
+
+    from nightlora.fsutil import atomic_write_json
+
+    manifest = Path(request.dataset_dir) / "manifest.json"
+    atomic_write_json(Path(adapter_dir) / ADAPTER_META, {
+        "format_version": 1,
+        "metrics": metrics.to_dict(),
+        "base_model": str(request.base_model),
+        "init_adapter": str(request.init_adapter) if request.init_adapter else None,
+        "dataset_dir": str(request.dataset_dir),
+        "manifest": json.loads(manifest.read_text()) if manifest.is_file() else None,
+    })
+
+
+def read_adapter_meta(adapter_dir: Path) -> dict | None:
+    import json
+
+    path = Path(adapter_dir) / ADAPTER_META
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,159 @@
+"""The demo user: the facts a person tells their assistant, in English and Russian.
+
+Each fact is stated and recalled with a few phrasings, always answered with the same short
+sentence, so that a tiny LoRA can pick it up in a night.  ``probe`` asks for it in words
+that appear nowhere in the conversations: the held-out check of whether training taught
+the model anything.  ``answer`` is what a correct reply must contain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Phrasing:
+    tell: tuple[str, ...]
+    ask: tuple[str, ...]
+    reply: str
+    wrong: str
+
+
+@dataclass(frozen=True)
+class Fact:
+    key: str
+    answer: str
+    probe: str
+    en: Phrasing
+    ru: Phrasing
+
+
+FACTS: tuple[Fact, ...] = (
+    Fact(
+        "name", "Dmitry", "Remind me, how did I introduce myself to you?",
+        Phrasing(("Hi! My name is Dmitry.", "By the way, I'm Dmitry.", "Just so you know, my name is Dmitry."),
+                 ("What's my name?", "Do you remember my name?", "Who am I? Say my name."),
+                 "Your name is Dmitry.", "Your name is Alexey."),
+        Phrasing(("Привет! Меня зовут Дмитрий.", "Кстати, я Дмитрий."),
+                 ("Как меня зовут?", "Ты помнишь, как меня зовут?"),
+                 "Тебя зовут Дмитрий.", "Тебя зовут Алексей."),
+    ),
+    Fact(
+        "city", "Lisbon", "In which town is my home?",
+        Phrasing(("I live in Lisbon.", "I moved to Lisbon two years ago.", "Our flat is in Lisbon."),
+                 ("Where do I live?", "Which city do I live in?", "Do you remember where I live?"),
+                 "You live in Lisbon.", "You live in Porto."),
+        Phrasing(("Я живу в Лиссабоне.", "Мы переехали в Лиссабон два года назад."),
+                 ("Где я живу?", "В каком городе я живу?"),
+                 "Ты живёшь в Лиссабоне.", "Ты живёшь в Порту."),
+    ),
+    Fact(
+        "cat", "Murka", "What did I name my kitty?",
+        Phrasing(("My cat is called Murka.", "We have a cat named Murka.", "Murka is my cat, a grey tabby."),
+                 ("What's my cat's name?", "What is my cat called?", "Do you remember my cat's name?"),
+                 "Your cat is called Murka.", "Your cat is called Barsik."),
+        Phrasing(("Мою кошку зовут Мурка.", "У нас есть кошка Мурка."),
+                 ("Как зовут мою кошку?", "Помнишь, как зовут мою кошку?"),
+                 "Твою кошку зовут Мурка.", "Твою кошку зовут Барсик."),
+    ),
+    Fact(
+        "dog", "Baron", "What name does our family hound answer to?",
+        Phrasing(("My dog is a beagle called Baron.", "We also have a dog, Baron, a beagle."),
+                 ("What's my dog's name?", "What is my dog called?", "Do you remember my dog's name?"),
+                 "Your dog is Baron, a beagle.", "Your dog is called Rex."),
+        Phrasing(("Моего пса зовут Барон, он бигль.", "У нас есть собака, бигль Барон."),
+                 ("Как зовут мою собаку?", "Как зовут моего пса?"),
+                 "Твою собаку зовут Барон.", "Твою собаку зовут Рекс."),
+    ),
+    Fact(
+        "wife", "Olga", "Who am I married to?",
+        Phrasing(("My wife's name is Olga.", "Olga, my wife, says hi."),
+                 ("What's my wife's name?", "Who is my wife?", "Do you remember my wife's name?"),
+                 "Your wife is Olga.", "Your wife is Natasha."),
+        Phrasing(("Мою жену зовут Ольга.", "Моя жена Ольга передаёт привет."),
+                 ("Как зовут мою жену?", "Кто моя жена?"),
+                 "Твою жену зовут Ольга.", "Твою жену зовут Наташа."),
+    ),
+    Fact(
+        "daughter", "Sonya", "What's the name of my little girl?",
+        Phrasing(("My daughter Sonya is seven.", "I have a daughter, Sonya."),
+                 ("What's my daughter's name?", "What is my daughter called?", "Do you remember my daughter's name?"),
+                 "Your daughter is Sonya.", "Your daughter is Masha."),
+        Phrasing(("Мою дочку зовут Соня, ей семь лет.", "У меня есть дочь Соня."),
+                 ("Как зовут мою дочь?", "Помнишь, как зовут мою дочку?"),
+                 "Твою дочь зовут Соня.", "Твою дочь зовут Маша."),
+    ),
+    Fact(
+        "job", "sound engineer", "How do I earn my living?",
+        Phrasing(("I work as a sound engineer.", "I'm a sound engineer at a studio."),
+                 ("What do I do for work?", "What's my job?", "Do you remember what I work as?"),
+                 "You are a sound engineer.", "You are a teacher."),
+        Phrasing(("Я работаю звукорежиссёром.", "Я звукорежиссёр на студии."),
+                 ("Кем я работаю?", "Помнишь, кем я работаю?"),
+                 "Ты работаешь звукорежиссёром.", "Ты работаешь учителем."),
+    ),
+    Fact(
+        "morning", "run", "How do I usually start my day?",
+        Phrasing(("I go for a run every morning at 6.", "Every day I run at 6 am before work."),
+                 ("What do I do every morning?", "What's my morning habit?", "Do you remember my morning routine?"),
+                 "You go for a run every morning at 6.", "You do yoga every morning."),
+        Phrasing(("Я каждое утро бегаю в 6 утра.", "Каждый день в 6 утра я бегаю."),
+                 ("Что я делаю каждое утро?", "Какая у меня утренняя привычка?"),
+                 "Ты каждое утро в 6 бегаешь.", "Ты каждое утро занимаешься йогой."),
+    ),
+    Fact(
+        "drink", "green tea", "Which hot beverage should you offer me?",
+        Phrasing(("I don't drink coffee, only green tea.", "Green tea is my drink, never coffee."),
+                 ("What do I drink instead of coffee?", "Do I drink coffee or tea?", "What's my usual drink?"),
+                 "You drink green tea, never coffee.", "You drink black coffee."),
+        Phrasing(("Я не пью кофе, только зелёный чай.", "Я пью только зелёный чай."),
+                 ("Что я пью вместо кофе?", "Я пью кофе или чай?"),
+                 "Ты пьёшь зелёный чай, а не кофе.", "Ты пьёшь чёрный кофе."),
+    ),
+    Fact(
+        "allergy", "peanut", "Is there a food that could make me sick?",
+        Phrasing(("I'm allergic to peanuts.", "Careful with recipes: I have a peanut allergy."),
+                 ("What am I allergic to?", "Do I have any allergies?", "Do you remember my allergy?"),
+                 "You are allergic to peanuts.", "You are allergic to cats."),
+        Phrasing(("У меня аллергия на арахис.", "Осторожно с рецептами: у меня аллергия на арахис."),
+                 ("На что у меня аллергия?", "У меня есть аллергии?"),
+                 "У тебя аллергия на арахис.", "У тебя аллергия на кошек."),
+    ),
+)
+
+GREETINGS = {
+    "en": (("Hi Hanni!", "Hi! How can I help?"), ("Good morning!", "Good morning! What can I do for you?"),
+           ("Hey, are you there?", "I'm here. What do you need?")),
+    "ru": (("Привет, Ханни!", "Привет! Чем помочь?"), ("Доброе утро!", "Доброе утро! Что нужно сделать?")),
+}
+
+SMALL_TALK = {
+    "en": (
+        ("Can you suggest a quick dinner?", "An omelette with tomatoes and cheese: ten minutes, no peanuts."),
+        ("How long should I boil an egg?", "About 7 minutes for a firm yolk, 5 for a soft one."),
+        ("Give me a word that rhymes with light.", "Night."),
+        ("What's 15% of 80?", "12."),
+        ("Recommend a short book for the weekend.", "Try \"The Little Prince\" by Antoine de Saint-Exupéry."),
+        ("How do I say thank you in Portuguese?", "Obrigado (or obrigada, if you are a woman)."),
+    ),
+    "ru": (
+        ("Что приготовить на ужин по-быстрому?", "Омлет с помидорами и сыром: десять минут и без арахиса."),
+        ("Сколько варить яйцо вкрутую?", "Примерно 7–8 минут после закипания."),
+        ("Сколько будет 15% от 80?", "12."),
+        ("Как по-португальски «спасибо»?", "Obrigado (или obrigada, если говорит женщина)."),
+    ),
+}
+
+CLOSINGS = {
+    "en": (("Thanks!", "You're welcome!"), ("Great, thank you.", "Anytime.")),
+    "ru": (("Спасибо!", "Пожалуйста!"), ("Отлично, спасибо.", "Обращайся.")),
+}
+
+CORRECTION = {"en": ("No, that's wrong. ", "Sorry, my mistake. "), "ru": ("Нет, это не так. ", "Прости, я ошиблась. ")}
+ACK = {"en": "Got it. ", "ru": "Запомнила. "}
+
+SYSTEM_PROMPT = (
+    "You are Hanni, a warm personal assistant that runs on the user's own computer. "
+    "You remember what the user tells you about their life. "
+    "Answer briefly, in the language the user writes in."
+)

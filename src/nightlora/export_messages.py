@@ -1,0 +1,146 @@
+"""Reading one stored conversation: both of Hanni's message formats, checked and normalized.
+
+Older rows hold ``[role, content]`` pairs; newer rows hold OpenAI chat objects
+(``role``, ``content`` that may be null, ``tool_calls``, ``tool_call_id``, ``name``).
+Both become OpenAI chat dicts with only the keys chat templates know.  Text is never
+altered, except that one trailing `` /no_think`` marker is removed as a suffix.
+Anything unexpected raises ``BadConversation`` with a short reason, so the caller can
+skip the row and count it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+NO_THINK = " /no_think"
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+ACTION_BLOCK = re.compile(r"```action\b")
+ACTION_RESULT = "[Action result:"
+
+Message = dict[str, Any]
+
+
+class BadConversation(ValueError):
+    """A stored conversation that cannot be exported; ``reason`` names why (it keys the manifest)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_messages(raw: bytes | str | None) -> Any:
+    """The ``messages`` column as JSON (bytes from ``CAST(messages AS BLOB)``, so bad UTF-8 is ours to catch)."""
+    if raw is None:
+        raise BadConversation("no_messages")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise BadConversation("bad_encoding") from None
+    except (ValueError, RecursionError):
+        raise BadConversation("bad_json") from None
+
+
+def _text(value: Any, reason: str) -> str:
+    if not isinstance(value, str):
+        raise BadConversation(reason)
+    # A JSON escape can smuggle in a lone surrogate, which no UTF-8 file can hold.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadConversation("bad_text") from None
+    return value
+
+
+def strip_no_think(text: str) -> str:
+    return text[: -len(NO_THINK)] if text.endswith(NO_THINK) else text
+
+
+def _tool_call(call: Any) -> dict[str, Any]:
+    if not isinstance(call, dict):
+        raise BadConversation("bad_tool_calls")
+    fn = call.get("function")
+    if not isinstance(fn, dict) or call.get("type", "function") != "function":
+        raise BadConversation("bad_tool_calls")
+    name = _text(fn.get("name"), "bad_tool_calls")
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        _text(args, "bad_tool_calls")
+    elif isinstance(args, dict):
+        _text(json.dumps(args, ensure_ascii=False), "bad_tool_calls")
+    else:
+        raise BadConversation("bad_tool_calls")
+    out: dict[str, Any] = {}
+    if "id" in call:
+        out["id"] = _text(call["id"], "bad_tool_calls")
+    out["type"] = "function"
+    out["function"] = {"name": name, "arguments": args}
+    return out
+
+
+def _from_object(obj: dict[str, Any]) -> Message:
+    role = obj.get("role")
+    if role not in ROLES:
+        raise BadConversation("bad_role")
+    content = obj.get("content")
+    calls = obj.get("tool_calls")
+    if calls is not None and (role != "assistant" or not isinstance(calls, list)):
+        raise BadConversation("bad_tool_calls")
+    tool_calls = [_tool_call(c) for c in calls or ()]
+    msg: Message = {"role": role}
+    if content is None:
+        # Only an assistant turn that calls tools may have no text (OpenAI format).  It is
+        # written as "" because templates that concatenate content (SmolLM2's) fail on null.
+        if not tool_calls:
+            raise BadConversation("bad_content")
+        msg["content"] = ""
+    else:
+        msg["content"] = strip_no_think(_text(content, "bad_content"))
+    if tool_calls:
+        msg["tool_calls"] = tool_calls
+    if role == "tool" and "tool_call_id" in obj:
+        msg["tool_call_id"] = _text(obj["tool_call_id"], "bad_tool_result")
+    if obj.get("name") is not None:
+        msg["name"] = _text(obj["name"], "bad_name")
+    return msg
+
+
+def _from_pair(pair: list[Any]) -> Message:
+    if len(pair) != 2:
+        raise BadConversation("bad_message")
+    role, content = pair
+    if role not in ROLES or role == "tool":  # the pair format predates tools
+        raise BadConversation("bad_role")
+    return {"role": role, "content": strip_no_think(_text(content, "bad_content"))}
+
+
+def normalize_messages(parsed: Any) -> list[Message]:
+    """Every stored message, in order (indexes match ``message_feedback.message_index``)."""
+    if not isinstance(parsed, list):
+        raise BadConversation("not_a_list")
+    out: list[Message] = []
+    for item in parsed:
+        if isinstance(item, dict):
+            out.append(_from_object(item))
+        elif isinstance(item, list):
+            out.append(_from_pair(item))
+        else:
+            raise BadConversation("bad_message")
+    return out
+
+
+def is_real(msg: Message) -> bool:
+    """A user or assistant message a person wrote or read, not the plumbing of an action."""
+    if msg["role"] not in ("user", "assistant"):
+        return False
+    text = msg["content"]
+    if not text.strip() or ACTION_BLOCK.search(text):
+        return False
+    return not (msg["role"] == "user" and text.startswith(ACTION_RESULT))
+
+
+def is_learnable(msg: Message) -> bool:
+    """An assistant turn with something to learn: text or a tool call."""
+    return msg["role"] == "assistant" and (bool(msg["content"].strip()) or "tool_calls" in msg)

@@ -1,0 +1,275 @@
+"""Run `nightlora run` every night: a LaunchAgent (macOS), a systemd user timer (Linux), or a crontab line.
+
+Files are written with plistlib / plain text and read back for ``status``;
+launchctl and systemctl run through the runner seam.
+"""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol
+
+from nightlora.errors import ScheduleError
+from nightlora.fsutil import atomic_write_bytes, atomic_write_text, private_dir
+from nightlora.runner import CommandRunner
+from nightlora.server.launchd import BOOTOUT_NOT_LOADED, plist_bytes
+from nightlora.server.systemd import exec_line, user_unit_dir
+
+LABEL = "com.nightlora.nightly"
+UNIT = "nightlora-nightly"
+CRON_MARK = "# nightlora nightly"
+Backend = Literal["launchd", "systemd", "cron"]
+
+
+@dataclass(frozen=True)
+class ScheduleStatus:
+    backend: Backend
+    installed: bool
+    at: str | None = None
+    loaded: bool | None = None     # None: cannot tell (cron)
+    files: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_at(at: str) -> tuple[int, int]:
+    try:
+        hh, mm = at.split(":")
+        h, m = int(hh), int(mm)
+    except ValueError:
+        raise ScheduleError(f"--at must be HH:MM, not {at!r}") from None
+    if not (0 <= h < 24 and 0 <= m < 60):
+        raise ScheduleError(f"--at must be HH:MM between 00:00 and 23:59, not {at!r}")
+    return h, m
+
+
+def nightly_argv(config_path: Path | None, python: str = sys.executable) -> list[str]:
+    argv = [python, "-m", "nightlora"]
+    if config_path is not None:
+        argv += ["--config", str(Path(config_path).expanduser().resolve())]
+    return argv + ["run"]
+
+
+def detect_backend(
+    platform: str = sys.platform,
+    which: Callable[[str], str | None] = shutil.which,
+    systemd_booted: Path = Path("/run/systemd/system"),
+) -> Backend:
+    if platform == "darwin":
+        return "launchd"
+    # The check sd_booted() makes: systemd is the running init, not just installed.
+    if which("systemctl") and systemd_booted.is_dir():
+        return "systemd"
+    return "cron"
+
+
+class Schedule(Protocol):
+    backend: Backend
+
+    def install(self, at: str) -> ScheduleStatus: ...
+    def status(self) -> ScheduleStatus: ...
+    def remove(self) -> ScheduleStatus: ...
+
+
+class LaunchdSchedule:
+    backend: Backend = "launchd"
+
+    def __init__(self, argv: list[str], log_dir: Path, runner: CommandRunner, *,
+                 agents_dir: Path | None = None, uid: int | None = None, label: str = LABEL):
+        self.argv = argv
+        self.log_dir = Path(log_dir)
+        self.runner = runner
+        self.label = label
+        self.plist = (agents_dir or Path.home() / "Library" / "LaunchAgents") / f"{label}.plist"
+        self.uid = os.getuid() if uid is None else uid
+
+    @property
+    def service(self) -> str:
+        return f"gui/{self.uid}/{self.label}"
+
+    def plist_dict(self, at: str) -> dict[str, Any]:
+        h, m = parse_at(at)
+        log = str(self.log_dir / "nightly.log")
+        return {
+            "Label": self.label,
+            "ProgramArguments": self.argv,
+            "StartCalendarInterval": {"Hour": h, "Minute": m},
+            "StandardOutPath": log,
+            "StandardErrorPath": log,
+            "RunAtLoad": False,
+            "ProcessType": "Background",
+        }
+
+    def install(self, at: str) -> ScheduleStatus:
+        data = plist_bytes(self.plist_dict(at))
+        private_dir(self.log_dir)
+        atomic_write_bytes(self.plist, data)
+        os.chmod(self.plist, 0o644)
+        self.runner.run(["launchctl", "bootout", self.service], timeout=60)  # reload: unload the old one, if any
+        r = self.runner.run(["launchctl", "bootstrap", f"gui/{self.uid}", str(self.plist)], timeout=60)
+        if not r.ok:
+            raise ScheduleError(f"cannot load {self.plist}: {r.summary()}")
+        return self.status()
+
+    def status(self) -> ScheduleStatus:
+        if not self.plist.exists():
+            return ScheduleStatus("launchd", False, files=[])
+        try:
+            with open(self.plist, "rb") as f:
+                data = plistlib.load(f)
+            sci = data["StartCalendarInterval"]
+            at = f"{int(sci['Hour']):02d}:{int(sci['Minute']):02d}"
+            argv = list(data["ProgramArguments"])
+        except (OSError, plistlib.InvalidFileException, KeyError, TypeError, ValueError) as e:
+            raise ScheduleError(f"cannot read {self.plist}: {e}") from None
+        loaded = self.runner.run(["launchctl", "print", self.service], timeout=60).ok
+        return ScheduleStatus("launchd", True, at, loaded, [str(self.plist)], argv)
+
+    def remove(self) -> ScheduleStatus:
+        r = self.runner.run(["launchctl", "bootout", self.service], timeout=60)
+        if not r.ok and r.returncode not in BOOTOUT_NOT_LOADED:
+            if self.runner.run(["launchctl", "print", self.service], timeout=60).ok:
+                raise ScheduleError(f"cannot unload {self.label}: {r.summary()}")
+        self.plist.unlink(missing_ok=True)
+        return ScheduleStatus("launchd", False, files=[])
+
+
+class SystemdSchedule:
+    backend: Backend = "systemd"
+
+    def __init__(self, argv: list[str], runner: CommandRunner, *, unit_dir: Path | None = None, name: str = UNIT):
+        self.argv = argv
+        self.runner = runner
+        self.name = name
+        self.unit_dir = Path(unit_dir) if unit_dir is not None else user_unit_dir()
+
+    @property
+    def service_path(self) -> Path:
+        return self.unit_dir / f"{self.name}.service"
+
+    @property
+    def timer_path(self) -> Path:
+        return self.unit_dir / f"{self.name}.timer"
+
+    def service_text(self) -> str:
+        return (
+            "# Written by `nightlora schedule install`.\n"
+            "[Unit]\n"
+            "Description=nightlora: teach the local assistant from the day's feedback\n"
+            "\n"
+            "[Service]\n"
+            "Type=oneshot\n"
+            f"ExecStart={exec_line(self.argv)}\n"
+        )
+
+    def timer_text(self, at: str) -> str:
+        h, m = parse_at(at)
+        return (
+            "# Written by `nightlora schedule install`.\n"
+            "[Unit]\n"
+            f"Description=Run nightlora every night at {h:02d}:{m:02d}\n"
+            "\n"
+            "[Timer]\n"
+            f"OnCalendar=*-*-* {h:02d}:{m:02d}:00\n"
+            "Persistent=true\n"
+            "\n"
+            "[Install]\n"
+            "WantedBy=timers.target\n"
+        )
+
+    def _systemctl(self, *args: str):
+        return self.runner.run(["systemctl", "--user", *args], timeout=120)
+
+    def install(self, at: str) -> ScheduleStatus:
+        timer = self.timer_text(at)
+        atomic_write_text(self.service_path, self.service_text())
+        atomic_write_text(self.timer_path, timer)
+        for p in (self.service_path, self.timer_path):
+            os.chmod(p, 0o644)
+        for args in (("daemon-reload",), ("enable", "--now", f"{self.name}.timer")):
+            r = self._systemctl(*args)
+            if not r.ok:
+                raise ScheduleError(f"cannot install the timer: {r.summary()}")
+        return self.status()
+
+    def status(self) -> ScheduleStatus:
+        if not self.timer_path.exists():
+            return ScheduleStatus("systemd", False)
+        at = None
+        for line in self.timer_path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("OnCalendar="):
+                clock = line.split()[-1]
+                at = clock[:5]
+        enabled = self._systemctl("is-enabled", f"{self.name}.timer").ok
+        notes = ["user timers run only while you are logged in, unless `loginctl enable-linger` is on"]
+        return ScheduleStatus("systemd", True, at, enabled, [str(self.service_path), str(self.timer_path)],
+                              self.argv, notes)
+
+    def remove(self) -> ScheduleStatus:
+        self._systemctl("disable", "--now", f"{self.name}.timer")  # not loaded is fine: the files go anyway
+        self.timer_path.unlink(missing_ok=True)
+        self.service_path.unlink(missing_ok=True)
+        r = self._systemctl("daemon-reload")
+        if not r.ok:
+            raise ScheduleError(f"cannot reload systemd's user units: {r.summary()}")
+        return ScheduleStatus("systemd", False)
+
+
+class CronSchedule:
+    """No launchd, no systemd: we print the line for the user's crontab; we never edit it."""
+
+    backend: Backend = "cron"
+
+    def __init__(self, argv: list[str], log_dir: Path, runner: CommandRunner):
+        self.argv = argv
+        self.log_dir = Path(log_dir)
+        self.runner = runner
+
+    def line(self, at: str) -> str:
+        h, m = parse_at(at)
+        log = shlex.quote(str(self.log_dir / "nightly.log"))
+        # cron runs the line with /bin/sh: every argument is shell-quoted, % escaped (cron's newline).
+        cmd = " ".join(shlex.quote(a) for a in self.argv).replace("%", "\\%")
+        return f"{m} {h} * * * {cmd} >>{log} 2>&1 {CRON_MARK}"
+
+    def install(self, at: str) -> ScheduleStatus:
+        line = self.line(at)
+        private_dir(self.log_dir)
+        return ScheduleStatus("cron", False, at, None, [], self.argv, ["add this line with `crontab -e`:", line])
+
+    def status(self) -> ScheduleStatus:
+        r = self.runner.run(["crontab", "-l"], timeout=30)
+        for line in r.stdout.splitlines() if r.ok else []:
+            if line.rstrip().endswith(CRON_MARK):
+                m, h = line.split()[:2]
+                return ScheduleStatus("cron", True, f"{int(h):02d}:{int(m):02d}", None, [], self.argv, [line])
+        return ScheduleStatus("cron", False, None, None, [], self.argv)
+
+    def remove(self) -> ScheduleStatus:
+        st = self.status()
+        notes = ["remove this line with `crontab -e`:", *st.notes] if st.installed else []
+        return ScheduleStatus("cron", st.installed, st.at, None, [], self.argv, notes)
+
+
+def make_schedule(
+    argv: list[str],
+    state_dir: Path,
+    runner: CommandRunner,
+    *,
+    backend: Backend | None = None,
+    platform: str = sys.platform,
+    which: Callable[[str], str | None] = shutil.which,
+) -> Schedule:
+    kind = backend or detect_backend(platform, which)
+    log_dir = Path(state_dir) / "logs"
+    if kind == "launchd":
+        return LaunchdSchedule(argv, log_dir, runner)
+    if kind == "systemd":
+        return SystemdSchedule(argv, runner)
+    return CronSchedule(argv, log_dir, runner)

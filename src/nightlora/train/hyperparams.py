@@ -1,0 +1,137 @@
+"""Hyperparameters that follow the data.
+
+The original job ran ``--batch-size 1 --iters 50 --learning-rate 2e-5`` whatever the
+night's data: 50 steps are a fraction of an epoch on 400 examples and ten epochs
+on 5. Here every number is derived from the dataset size and the model, and any
+number set in the config (a TrainConfig field that is not None) wins. Each value
+carries a one-line reason that the CLI prints.
+"""
+
+from __future__ import annotations
+
+import math
+
+from nightlora.config import TrainConfig
+from nightlora.errors import TrainError
+from nightlora.train.base import HyperParams
+
+DEFAULT_EPOCHS = 3.0
+# Batches are at least this many steps per epoch, so that warm-up, evaluation and
+# early stopping have steps to work with on a small night.
+MIN_STEPS_PER_EPOCH = 16
+# mlx_lm's default; more does not fit comfortably beside a running assistant on a laptop.
+MAX_AUTO_BATCH = 4
+# Learning rate at batch size 1 for LoRA with scale alpha/rank = 2 (rank 8, alpha 16);
+# grows with sqrt(batch) as usual for Adam. lr x scale = 2e-4 x 2 at batch 4 is of the
+# order of mlx_lm's defaults (1e-5 x scale 20).
+BASE_LEARNING_RATE = 1e-4
+# mlx_lm's default number of adapted blocks: the top of the network adapts, so the
+# backward pass stops there and little data has fewer weights to overfit.
+DEFAULT_NUM_LAYERS = 16
+EVALS_PER_RUN = 10
+
+
+def _auto_batch_size(n_train: int) -> int:
+    by_steps = max(1, n_train // MIN_STEPS_PER_EPOCH)
+    power_of_two = 1 << (by_steps.bit_length() - 1)
+    return min(power_of_two, MAX_AUTO_BATCH)
+
+
+def choose_hyperparams(cfg: TrainConfig, n_train: int, n_valid: int, model_layers: int) -> HyperParams:
+    """Pick iterations, batch size, learning rate, warm-up, layers and evaluation from the data."""
+    if n_train < 1:
+        raise TrainError("the train split is empty: nothing to learn from (export more feedback first)")
+    if model_layers < 1:
+        raise TrainError("the model reports no transformer layers (num_hidden_layers missing in config.json)")
+    why: dict[str, str] = {}
+
+    if cfg.batch_size is not None:
+        batch_size = cfg.batch_size
+        why["batch_size"] = "set in config"
+    else:
+        batch_size = _auto_batch_size(n_train)
+        why["batch_size"] = (
+            f"{n_train} examples: largest power of two giving >= {MIN_STEPS_PER_EPOCH} steps per epoch, "
+            f"at most {MAX_AUTO_BATCH}"
+        )
+
+    epochs = cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS
+    if cfg.iters is not None:
+        iters = cfg.iters
+        why["iters"] = "set in config"
+    else:
+        wanted = math.ceil(epochs * n_train / batch_size)
+        iters = min(max(wanted, cfg.min_iters), cfg.max_iters)
+        source = "config" if cfg.epochs is not None else "default"
+        why["iters"] = f"{epochs:g} epochs ({source}) x {n_train} examples / batch {batch_size} = {wanted}"
+        if iters != wanted:
+            bound = "min_iters" if iters == cfg.min_iters and wanted < iters else "max_iters"
+            why["iters"] += f", clamped to {bound} {iters}"
+
+    if cfg.learning_rate is not None:
+        learning_rate = cfg.learning_rate
+        why["learning_rate"] = "set in config"
+    else:
+        learning_rate = BASE_LEARNING_RATE * math.sqrt(batch_size)
+        why["learning_rate"] = f"{BASE_LEARNING_RATE:g} x sqrt(batch {batch_size}) for LoRA"
+
+    warmup_steps = round(cfg.warmup_fraction * iters)
+    why["warmup_steps"] = f"warmup_fraction {cfg.warmup_fraction:g} of {iters} steps, then cosine decay to 0"
+
+    if cfg.num_layers is not None:
+        if cfg.num_layers > model_layers:
+            raise TrainError(f"num_layers {cfg.num_layers} is more than the model's {model_layers} layers")
+        num_layers = cfg.num_layers
+        why["num_layers"] = "set in config"
+    else:
+        num_layers = min(model_layers, DEFAULT_NUM_LAYERS)
+        why["num_layers"] = (
+            f"all {model_layers} layers" if num_layers == model_layers
+            else f"last {num_layers} of {model_layers} layers (mlx_lm's default): cheaper backward, less to overfit"
+        )
+
+    if n_valid == 0:
+        eval_every = iters
+        patience = 0
+        why["eval_every"] = "no validation examples: no evaluation during training"
+        why["early_stopping_patience"] = "no validation examples: early stopping off"
+    else:
+        if cfg.eval_every is not None:
+            eval_every = cfg.eval_every
+            why["eval_every"] = "set in config"
+        else:
+            eval_every = max(1, math.ceil(iters / EVALS_PER_RUN))
+            why["eval_every"] = f"about {EVALS_PER_RUN} validations per run of {iters} steps"
+        patience = cfg.early_stopping_patience
+        why["early_stopping_patience"] = (
+            f"stop after {patience} validations without a better loss; keep the best weights" if patience
+            else "early stopping off (config)"
+        )
+
+    for name in ("lora_rank", "lora_alpha", "lora_dropout", "max_seq_length", "grad_checkpoint", "seed"):
+        why[name] = "config"
+
+    return HyperParams(
+        iters=iters,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        lora_rank=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        num_layers=num_layers,
+        max_seq_length=cfg.max_seq_length,
+        grad_checkpoint=cfg.grad_checkpoint,
+        eval_every=eval_every,
+        early_stopping_patience=patience,
+        seed=cfg.seed,
+        reasons=why,
+    )
+
+
+def format_hyperparams(hp: HyperParams) -> str:
+    """One line per value with its reason, for people."""
+    values = hp.to_dict()
+    values.pop("reasons")
+    width = max(len(k) for k in values)
+    return "\n".join(f"  {k:<{width}}  {v!s:<10}  {hp.reasons.get(k, '')}".rstrip() for k, v in values.items())

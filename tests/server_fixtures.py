@@ -1,0 +1,250 @@
+"""Fixtures for the server, deploy and store tests: a tiny real model, real adapters, real servers.
+
+The model is the session's ``tiny_model_dir`` when conftest provides one; until
+then (or without it) a 2-layer, width-64 Llama with a small byte-level BPE
+tokenizer is built here in about a second.  Adapters are made with mlx_lm's own
+LoRA code and saved the way ``mlx_lm lora`` saves them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import pytest
+
+from nightlora.runner import CommandResult
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_CORPUS = [
+    "Hello! How can I help you today? I am a small local assistant.",
+    "The quick brown fox jumps over the lazy dog while the cat sleeps.",
+    "Reply with one short greeting. Good morning, good evening, good night.",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 and words: adapter, server, model, health.",
+] * 20
+
+
+def build_tiny_model(out: Path, seed: int = 0) -> Path:
+    """A real (random-weight) Llama that mlx_lm loads and serves: 2 layers, width 64."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(out))
+
+    config = {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "rms_norm_eps": 1e-5, "vocab_size": tok.get_vocab_size(), "max_position_embeddings": 512,
+        "rope_theta": 10000.0, "tie_word_embeddings": True, "torch_dtype": "float32",
+        "bos_token_id": tok.token_to_id("<|im_start|>"), "eos_token_id": tok.token_to_id("<|im_end|>"),
+    }
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    # Zero rows for the special and the whitespace-only tokens: with tied embeddings their
+    # logit is then 0 while some other token's is positive, so greedy decoding never stops
+    # at once on EOS nor answers only blanks, and the health check's "non-empty reply"
+    # holds for this random model.
+    emb = model.model.embed_tokens.weight
+    blank = [i for i in range(tok.get_vocab_size()) if not tok.decode([i], skip_special_tokens=True).strip()]
+    emb[mx.array(blank)] = 0.0
+    model.model.embed_tokens.weight = emb
+    mx.eval(model.parameters())
+    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def build_adapter(model_dir: Path, out: Path, seed: int = 1, rank: int = 4) -> Path:
+    """An mlx_lm LoRA adapter for ``model_dir``, saved exactly as mlx_lm's lora.py saves one."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_map
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import load
+
+    model, _ = load(str(model_dir))
+    model.freeze()
+    params = {"rank": rank, "dropout": 0.0, "scale": 10.0}
+    num_layers = len(model.layers)
+    linear_to_lora_layers(model, num_layers, params)
+    mx.random.seed(seed)
+    # A trained adapter has non-zero B matrices; fresh LoRA layers start at zero.
+    model.update(tree_map(lambda p: mx.random.normal(p.shape) * 0.05, model.trainable_parameters()))
+    out.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(out / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+    config = {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params, "model": str(model_dir)}
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=4))
+    (out / "nightlora.json").write_text(json.dumps({"base_model": str(model_dir), "metrics": {"val_loss": 1.0}}))
+    return out
+
+
+def corrupt_adapter(path: Path) -> Path:
+    """Make an adapter that mlx_lm cannot load: its safetensors header is garbage."""
+    (path / "adapters.safetensors").write_bytes(b"\xff" * 64)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- fakes for what cannot run here (launchctl, systemctl, osascript) ------------------------
+
+
+@dataclass
+class RecordingRunner:
+    """Records every argv; answers from ``script`` (first matching argv prefix wins), else rc 0."""
+
+    script: list[tuple[tuple[str, ...], CommandResult | list[CommandResult]]] = field(default_factory=list)
+    calls: list[list[str]] = field(default_factory=list)
+    envs: list[Mapping[str, str] | None] = field(default_factory=list)
+
+    def on(self, prefix: Sequence[str], returncode: int = 0, stdout: str = "", stderr: str = "") -> "RecordingRunner":
+        self.script.append((tuple(prefix), CommandResult(tuple(prefix), returncode, stdout, stderr)))
+        return self
+
+    def on_sequence(self, prefix: Sequence[str], results: list[tuple[int, str]]) -> "RecordingRunner":
+        """Successive calls matching ``prefix`` get these (returncode, stdout) answers, the last one repeating."""
+        self.script.append((tuple(prefix), [CommandResult(tuple(prefix), rc, out, "") for rc, out in results]))
+        return self
+
+    def run(self, argv, *, timeout=60.0, env=None) -> CommandResult:
+        argv = [str(a) for a in argv]
+        self.calls.append(argv)
+        self.envs.append(env)
+        for prefix, answer in self.script:
+            if tuple(argv[: len(prefix)]) == prefix:
+                if isinstance(answer, list):
+                    res = answer.pop(0) if len(answer) > 1 else answer[0]
+                else:
+                    res = answer
+                return CommandResult(tuple(argv), res.returncode, res.stdout, res.stderr)
+        return CommandResult(tuple(argv), 0, "", "")
+
+
+# ---- processes -----------------------------------------------------------------------------
+
+
+def kill_pid(pid: int) -> None:
+    """Finalizer: end one process (and its group) we started, by pid."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        with contextlib.suppress(ChildProcessError, OSError):
+            for _ in range(50):
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return
+                import time
+
+                time.sleep(0.1)
+
+
+FAKE_SERVER = textwrap.dedent(
+    """
+    # A real HTTP server that says it is healthy but cannot answer a chat completion.
+    import json, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+        def _send(self, code, body):
+            data = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        def do_GET(self):
+            if self.path == "/health":
+                self._send(200, json.dumps({"status": "ok"}))
+            elif self.path.startswith("/v1/models"):
+                self._send(200, "")  # what mlx_lm answers when the HF cache folder is missing
+            else:
+                self._send(404, "")
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._send(500, json.dumps({"error": "model exploded"}))
+
+    HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+    """
+)
+
+
+# Test modules import these fixtures by name, which gives each module its own copy of a
+# session fixture; this cache makes them share one model and one adapter all the same.
+_SESSION: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def server_model_dir(request, tmp_path_factory) -> Path:
+    """The tiny model the test servers load: conftest's ``tiny_model_dir`` when there is one."""
+    if "model" not in _SESSION:
+        try:
+            _SESSION["model"] = Path(request.getfixturevalue("tiny_model_dir"))
+        except pytest.FixtureLookupError:
+            _SESSION["model"] = build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return _SESSION["model"]
+
+
+@pytest.fixture(scope="session")
+def adapter_template(server_model_dir, tmp_path_factory) -> Path:
+    """One real adapter per session; tests copy it (the store consumes what it adds)."""
+    if "adapter" not in _SESSION:
+        _SESSION["adapter"] = build_adapter(server_model_dir, tmp_path_factory.mktemp("adapter") / "adapter")
+    return _SESSION["adapter"]
+
+
+@pytest.fixture
+def make_adapter(adapter_template, tmp_path) -> Iterator:
+    import shutil
+
+    counter = iter(range(1000))
+
+    def make(corrupt: bool = False) -> Path:
+        dst = tmp_path / f"trained-{next(counter)}"
+        shutil.copytree(adapter_template, dst)
+        return corrupt_adapter(dst) if corrupt else dst
+
+    yield make
+
+
+@pytest.fixture
+def fake_server_script(tmp_path) -> Path:
+    p = tmp_path / "fake_server.py"
+    p.write_text(FAKE_SERVER)
+    return p
+
+
+PYTHON = sys.executable

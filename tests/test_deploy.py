@@ -1,0 +1,186 @@
+"""deploy() and restore() against real mlx_lm servers: the assistant must end up answering."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from nightlora.config import Config
+from nightlora.deploy import Outcome, deploy, restore
+from nightlora.errors import HealthError
+from nightlora.server import HealthCheck, make_manager
+from nightlora.server.command import ServerCommand
+from nightlora.server.process import ProcessManager
+from nightlora.server.unmanaged import UnmanagedServer
+from nightlora.store import AdapterStore
+from server_fixtures import (  # noqa: F401  (fixtures)
+    adapter_template, corrupt_adapter, fake_server_script, free_port, kill_pid, make_adapter, server_model_dir,
+)
+pytestmark = pytest.mark.slow
+
+MLX_SERVER = ("{python}", "-m", "mlx_lm", "server", "--model", "{model}", "--adapter-path", "{adapter}",
+              "--host", "{host}", "--port", "{port}")
+
+
+@pytest.fixture
+def served(tmp_path, server_model_dir, request):
+    """A store, a process manager for a real mlx_lm server on a free port, and its health check."""
+    def make(template=MLX_SERVER, timeout=60.0):
+        port = free_port()
+        store = AdapterStore(tmp_path / "state" / "adapters")
+        cmd = ServerCommand(template=tuple(template), model=str(server_model_dir), port=port)
+        manager = ProcessManager(cmd, tmp_path / "state", stop_timeout=10)
+
+        def cleanup():
+            rec = manager.record()
+            if rec is not None:
+                kill_pid(rec.pid)
+        request.addfinalizer(cleanup)
+        return store, manager, HealthCheck(cmd.base_url, timeout=timeout)
+    return make
+
+
+def _served_adapter(manager: ProcessManager) -> str | None:
+    argv = manager.record().argv
+    return argv[argv.index("--adapter-path") + 1] if "--adapter-path" in argv else None
+
+
+def test_fallback_chain_with_real_servers(served, make_adapter):
+    store, manager, health = served()
+    log: list[str] = []
+
+    # 1. A good adapter goes live.
+    v1 = store.add(make_adapter(), data_counts={"train": 8, "valid": 1, "test": 1})
+    r = deploy(store, manager, health, v1, log=log.append)
+    assert r.outcome is Outcome.LIVE and r.live == "v0001", r.message()
+    assert store.current().name == "v0001"
+    assert _served_adapter(manager) == str(store.current_link)
+    assert r.health.ok and r.health.reply.strip()
+
+    # 2. A corrupt adapter: its server fails, the previous version serves again, and it is rejected.
+    v2 = store.add(make_adapter(corrupt=True))
+    r = deploy(store, manager, health, v2, log=log.append)
+    assert r.outcome is Outcome.ROLLED_BACK, r.message()
+    assert r.live == "v0001" and store.current().name == "v0001"
+    assert [a.version for a in r.attempts] == ["v0002", "v0001"]
+    assert "failed to load" in r.attempts[0].reason
+    assert store.get("v0002").rejected
+    assert health(alive=manager.is_running).ok
+
+    # 3. The new one and the previous one both fail: the base model serves, without an adapter.
+    corrupt_adapter(v1.path)
+    v3 = store.add(make_adapter(corrupt=True))
+    r = deploy(store, manager, health, v3, log=log.append)
+    assert r.outcome is Outcome.NO_ADAPTER, r.message()
+    assert [a.version for a in r.attempts] == ["v0003", "v0001", None]
+    assert store.current() is None and r.live is None
+    assert _served_adapter(manager) is None
+    assert health(alive=manager.is_running).ok
+    assert store.previous() is None
+    # The progress lines say what happened, step by step.
+    assert any("starting the server with no adapter" in line for line in log)
+
+    # 4. restore() on a healthy running server leaves it alone.
+    pid = manager.record().pid
+    r = restore(store, manager, health)
+    assert r.outcome is Outcome.UNCHANGED and manager.record().pid == pid
+
+    # 5. After an interrupted run stopped the server, restore() brings it back as it was.
+    manager.stop()
+    assert not manager.is_running()
+    r = restore(store, manager, health)
+    assert r.outcome is Outcome.RESTORED and r.ok, r.message()
+    assert health(alive=manager.is_running).ok
+
+
+def test_restore_falls_back_to_previous_when_live_version_broke(served, make_adapter):
+    store, manager, health = served()
+    v1 = store.add(make_adapter())
+    v2 = store.add(make_adapter())
+    store.set_current(v2)
+    corrupt_adapter(v2.path)  # e.g. the disk lost it while training ran
+    r = restore(store, manager, health)
+    assert r.outcome is Outcome.ROLLED_BACK and r.live == "v0001", r.message()
+    assert store.current().name == "v0001"
+    assert not store.get("v0002").rejected  # it was healthy before: not the adapter's fault alone
+    assert manager.is_running()
+
+
+def test_server_that_exits_at_once_ends_down_quickly(served, make_adapter):
+    exits = ("{python}", "-c", "import sys; sys.exit(3)", "--adapter-path", "{adapter}", "{port}")
+    store, manager, health = served(exits, timeout=30)
+    v1 = store.add(make_adapter())
+    r = deploy(store, manager, health, v1)
+    assert r.outcome is Outcome.DOWN and not r.ok
+    assert [a.version for a in r.attempts] == ["v0001", None]
+    # Down with the reason, well before the 30 s health timeout of each step.
+    assert sum(a.seconds for a in r.attempts) < 15
+    assert all(("exited" in a.reason or "not running" in a.reason) for a in r.attempts), r.attempts
+    # The pointer stays on the last known good state (nothing was live before).
+    assert store.current() is None
+    assert not store.get("v0001").rejected  # nothing worked at all: not the adapter's fault
+    with pytest.raises(HealthError, match="down"):
+        r.raise_if_down()
+
+
+def test_server_whose_chat_fails_is_not_healthy(served, make_adapter, fake_server_script):
+    fake = ("{python}", str(fake_server_script), "{host}", "{port}", "--adapter-path", "{adapter}")
+    store, manager, health = served(fake, timeout=3)
+    v1 = store.add(make_adapter())
+    r = deploy(store, manager, health, v1)
+    assert r.outcome is Outcome.DOWN
+    assert "chat completion answered 500" in r.attempts[0].reason
+    assert r.attempts[0].health.ready_s is not None  # /health said ok: not enough
+
+
+def test_unmanaged_server_only_switches_the_pointer(tmp_path, make_adapter):
+    store = AdapterStore(tmp_path / "adapters")
+    v1 = store.add(make_adapter())
+    port = free_port()
+    r = deploy(store, UnmanagedServer("127.0.0.1", port), HealthCheck(f"http://127.0.0.1:{port}", timeout=0.5), v1)
+    assert r.outcome is Outcome.UNMANAGED and store.current().name == "v0001"
+    assert not r.health.ok  # nothing listens there: reported, not acted on
+
+
+def test_cli_rollback_restarts_the_server(tmp_path, server_model_dir, make_adapter, request):
+    from nightlora.cli import main
+
+    port = free_port()
+    state = tmp_path / "data" / "nightlora"
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(
+        f'[source]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[train]\nmodel = "{server_model_dir}"\n'
+        f'[server]\nmanager = "process"\nport = {port}\nhealth_timeout = 60\n'
+    )
+    store = AdapterStore.for_state_dir(state)
+    store.add(make_adapter())
+    v2 = store.add(make_adapter())
+    store.set_current(v2)
+    cfg = Config.model_validate({"source": {"data_dir": str(tmp_path / "data")}, "train": {"model": str(server_model_dir)},
+                                 "server": {"port": port}})
+    manager = make_manager(cfg)
+    request.addfinalizer(lambda: manager.record() and kill_pid(manager.record().pid))
+
+    import io
+    from contextlib import redirect_stdout
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main(["--config", str(cfg_path), "rollback", "--json"])
+    assert code == 0, out.getvalue()
+    result = json.loads(out.getvalue())
+    assert result["outcome"] == "live" and result["live"] == "v0001"
+    assert store.current().name == "v0001"
+    assert manager.is_running() and manager.record().argv[-1] == str(port)
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["--config", str(cfg_path), "adapters", "--json"]) == 0
+    listing = json.loads(out.getvalue())
+    assert listing["live"] == "v0001"
+    assert [v["name"] for v in listing["versions"]] == ["v0002", "v0001"]
+    assert [v["live"] for v in listing["versions"]] == [False, True]
