@@ -80,13 +80,6 @@ def tool_chats() -> list[dict]:
     ]
 
 
-def unrelated_chats(n: int, seed: int) -> list[dict]:
-    """Chats nothing in the persona data predicts: a validation set whose loss rises as training fits."""
-    rng = random.Random(seed)
-    words = ["zebra", "quartz", "violin", "glacier", "pepper", "saturn", "marble", "canyon", "walnut", "comet"]
-    return [chat(" ".join(rng.choices(words, k=4)) + "?", " ".join(rng.choices(words, k=12)) + ".") for _ in range(n)]
-
-
 def write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 

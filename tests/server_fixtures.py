@@ -1,8 +1,8 @@
 """Fixtures for the server, deploy and store tests: a tiny real model, real adapters, real servers.
 
-The model is the session's ``tiny_model_dir`` when conftest provides one; until
-then (or without it) a 2-layer, width-64 Llama with a small byte-level BPE
-tokenizer is built here in about a second.  Adapters are made with mlx_lm's own
+The model is the session's ``tiny_model_dir`` (conftest), or without it a
+2-layer, width-64 Llama with a small byte-level BPE tokenizer built here; either
+way patched so that its greedy replies are never empty (see ``never_blank``).  Adapters are made with mlx_lm's own
 LoRA code and saved the way ``mlx_lm lora`` saves them.
 """
 
@@ -66,17 +66,36 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
     }
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
-    # Zero rows for the special and the whitespace-only tokens: with tied embeddings their
-    # logit is then 0 while some other token's is positive, so greedy decoding never stops
-    # at once on EOS nor answers only blanks, and the health check's "non-empty reply"
-    # holds for this random model.
-    emb = model.model.embed_tokens.weight
-    blank = [i for i in range(tok.get_vocab_size()) if not tok.decode([i], skip_special_tokens=True).strip()]
-    emb[mx.array(blank)] = 0.0
-    model.model.embed_tokens.weight = emb
     mx.eval(model.parameters())
     mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def never_blank(model_dir: Path, out: Path) -> Path:
+    """A copy of a random tiny model whose greedy replies are never empty.
+
+    Random weights may answer EOS or blanks first, which the health check rightly
+    calls unhealthy.  Zeroing the embedding rows of the special and whitespace-only
+    tokens (tied to the output layer) gives them logit 0 while some other token's
+    is positive, so greedy decoding always says something.
+    """
+    import shutil
+
+    import mlx.core as mx
+    from tokenizers import Tokenizer
+
+    shutil.copytree(model_dir, out)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    blank = [i for i in range(tok.get_vocab_size()) if not tok.decode([i], skip_special_tokens=True).strip()]
+    (weights_file,) = out.glob("*.safetensors")
+    weights, metadata = mx.load(str(weights_file), return_metadata=True)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg.get("tie_word_embeddings", False), "never_blank needs tied embeddings"
+    emb = weights["model.embed_tokens.weight"]
+    emb[mx.array(blank)] = 0.0
+    weights["model.embed_tokens.weight"] = emb
+    mx.save_safetensors(str(weights_file), weights, metadata=metadata)
     return out
 
 
@@ -212,9 +231,10 @@ def server_model_dir(request, tmp_path_factory) -> Path:
     """The tiny model the test servers load: conftest's ``tiny_model_dir`` when there is one."""
     if "model" not in _SESSION:
         try:
-            _SESSION["model"] = Path(request.getfixturevalue("tiny_model_dir"))
+            tiny = Path(request.getfixturevalue("tiny_model_dir"))
         except pytest.FixtureLookupError:
-            _SESSION["model"] = build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+            tiny = build_tiny_model(tmp_path_factory.mktemp("own-tiny-model") / "tiny")
+        _SESSION["model"] = never_blank(tiny, tmp_path_factory.mktemp("served-model") / "tiny")
     return _SESSION["model"]
 
 

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from nightlora.demo_persona import ACK, CLOSINGS, CORRECTION, FACTS, GREETINGS, SMALL_TALK, SYSTEM_PROMPT, Fact
 from nightlora.errors import SourceError
@@ -249,7 +249,7 @@ def build_demo_db(path: Path, *, conversations: int = 90, seed: int = 0, force: 
     conv_rows, feedback_rows = _rows(conversations, seed)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_db(path, conv_rows, feedback_rows)
+        write_hanni_db(path, conv_rows, feedback_rows)
         atomic_write_text(prompt_path, SYSTEM_PROMPT + "\n")
         atomic_write_text(
             probe_path,
@@ -275,14 +275,28 @@ def build_demo_db(path: Path, *, conversations: int = 90, seed: int = 0, force: 
     )
 
 
-def _write_db(path: Path, conversations: list[tuple[Any, ...]], feedback: list[tuple[Any, ...]]) -> None:
-    """Build the file under a temp name and rename it into place: never a half-written database."""
+def write_hanni_db(
+    path: Path,
+    conversations: Iterable[tuple[Any, ...]],
+    feedback: Iterable[tuple[Any, ...]],
+    *,
+    journal_mode: str | None = None,
+) -> None:
+    """Write a new Hanni database at ``path`` (replacing any), for the demo and for tests.
+
+    ``conversations``: (id, started_at, ended_at, summary, message_count, messages) rows;
+    ``feedback``: (conversation_id, message_index, rating, created_at, exported) rows, whose
+    ids follow their order.  The file is built under a temp name and renamed into place.
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         os.chmod(tmp, PRIVATE_FILE)
         conn = sqlite3.connect(tmp)
         try:
+            if journal_mode:
+                conn.execute(f"PRAGMA journal_mode = {journal_mode}")
             conn.executescript(SCHEMA_SQL)
             conn.executemany("INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?)", conversations)
             conn.executemany(
@@ -298,6 +312,7 @@ def _write_db(path: Path, conversations: list[tuple[Any, ...]], feedback: list[t
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm", f"{tmp}-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
         raise

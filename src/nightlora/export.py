@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from json.encoder import encode_basestring  # type: ignore[attr-defined]  # C-accelerated, keeps non-ASCII
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,7 +29,7 @@ from nightlora.check import count_feedback
 from nightlora.errors import ExportError, SourceError
 from nightlora.export_dedupe import SeenDigests
 from nightlora.export_examples import conversation_examples
-from nightlora.export_messages import BadConversation, parse_messages
+from nightlora.export_messages import BadConversation, Message, parse_messages
 from nightlora.export_split import SPLITS, split_of
 from nightlora.fsutil import atomic_open, atomic_write_json, private_dir, remove_stale_temp
 from nightlora.hanni_db import iter_conversations, open_snapshot, orphan_feedback_count, seen_feedback
@@ -89,9 +90,8 @@ class _JsonlFile:
         if self._f is None:
             self._f = self._stack.enter_context(atomic_open(self.path, "wb", encoding=None))
 
-    def write(self, line: str) -> None:
+    def write(self, data: bytes) -> None:
         self.open()
-        data = line.encode("utf-8")
         self._f.write(data)  # type: ignore[union-attr]
         self._hash.update(data)
         self.lines += 1
@@ -109,13 +109,71 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def _line(record: dict[str, Any], seen: SeenDigests) -> str | None:
-    """The record as one JSON line, or None if an identical record (meta aside) was written before."""
-    meta = record.pop("meta")
-    body = _dumps(record)
-    if not seen.add(body.encode("utf-8")):
-        return None
-    return f'{body[:-1]},"meta":{_dumps(meta)}}}\n'
+# Hand-built JSON for the two shapes written hundreds of thousands of times, identical to _dumps
+# (json.dumps sets up an encoder per call, which dominated the export's time).
+def _message_json(m: Message) -> str:
+    if len(m) == 2:  # {"role", "content"}, in that order: nearly every message
+        return f'{{"role":{encode_basestring(m["role"])},"content":{encode_basestring(m["content"])}}}'
+    return _dumps(m)
+
+
+def _scalar_json(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    return encode_basestring(v) if isinstance(v, str) else _dumps(v)
+
+
+def _meta_json(meta: dict[str, Any]) -> str:
+    return "{" + ",".join(f'"{k}":{_scalar_json(v)}' for k, v in meta.items()) + "}"
+
+
+# The record fields that hold chat messages (examples: messages; preferences: the rest).
+_MESSAGE_LISTS = frozenset({"messages", "prompt", "chosen", "rejected"})
+
+
+class _Encoder:
+    """JSON lines for one conversation's records, each message encoded once.
+
+    A conversation's examples share their context's message objects, so caching each
+    message's UTF-8 JSON by object turns the quadratic cost of repeating contexts into
+    byte joins.  The cache keeps the objects alive (ids stay unique) and is emptied for
+    each conversation.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[Message, bytes]] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def _messages(self, messages: list[Message]) -> bytes:
+        parts = []
+        for m in messages:
+            hit = self._cache.get(id(m))
+            if hit is None:
+                hit = self._cache[id(m)] = (m, _message_json(m).encode("utf-8"))
+            parts.append(hit[1])
+        return b"[" + b",".join(parts) + b"]"
+
+    def line(self, record: dict[str, Any], seen: SeenDigests) -> bytes | None:
+        """The record as one JSON line, or None if an identical record (meta aside) was written before."""
+        fields = []
+        for key, value in record.items():
+            if key == "meta":
+                continue
+            if key in _MESSAGE_LISTS and value is not None:
+                encoded = self._messages(value)
+            else:
+                encoded = _dumps(value).encode("utf-8")
+            fields.append(b'"' + key.encode() + b'":' + encoded)
+        body = b"{" + b",".join(fields)
+        if not seen.add(body):
+            return None
+        return body + b',"meta":' + _meta_json(record["meta"]).encode("utf-8") + b"}\n"
 
 
 @dataclass
@@ -176,6 +234,7 @@ def export_dataset(
                 files = {name: _JsonlFile(stack, out_dir / f"{name}.jsonl") for name in SPLITS}
                 preferences = _JsonlFile(stack, out_dir / PREFERENCES)
                 preferences.open()  # always written, even empty: nothing loads it by convention
+                encoder = _Encoder()
                 for row in iter_conversations(conn):
                     stats["total"] += 1
                     part = split_of(row.id, split)
@@ -199,13 +258,14 @@ def export_dataset(
                         skipped[reason].append(row.id)
                     stats["exported"] += 1
                     stats["rated"] += row.rated
+                    encoder.clear()
                     for example in conv.examples:
-                        if (line := _line(example, examples_seen)) is None:
+                        if (line := encoder.line(example, examples_seen)) is None:
                             duplicates["examples"] += 1
                         else:
                             files[part].write(line)
                     for record in conv.preferences:
-                        if (line := _line(record, preferences_seen)) is None:
+                        if (line := encoder.line(record, preferences_seen)) is None:
                             duplicates["preferences"] += 1
                         else:
                             preferences.write(line)

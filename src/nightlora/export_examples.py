@@ -117,17 +117,19 @@ def conversation_examples(
     ratings = _valid_ratings(messages, feedback, result.feedback_problems)
     system: Message = {"role": "system", "content": system_prompt}
     context: list[Message] = [system]
+    calls_tools = False  # most conversations never call a tool: skip looking for calls then
     for index, msg in enumerate(messages):
         if msg["role"] == "system":
             continue
+        calls_tools = calls_tools or "tool_calls" in msg
         if is_learnable(msg):
             rating = ratings.get(index)
             if rating == -1:
                 result.preferences.append(_preference(conversation_id, messages, ratings, index, context, split))
             else:
                 example: dict[str, Any] = {"messages": [*context, msg]}
-                if tools := infer_tools(example["messages"]):
-                    example["tools"] = tools
+                if calls_tools:
+                    example["tools"] = infer_tools(example["messages"])
                 example["meta"] = _meta(conversation_id, index, rating, split, msg)
                 result.examples.append(example)
         context.append(msg)

@@ -82,7 +82,7 @@ def _tool_call(call: Any) -> dict[str, Any]:
 
 def _from_object(obj: dict[str, Any]) -> Message:
     role = obj.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise BadConversation("bad_role")
     content = obj.get("content")
     calls = obj.get("tool_calls")
@@ -111,7 +111,7 @@ def _from_pair(pair: list[Any]) -> Message:
     if len(pair) != 2:
         raise BadConversation("bad_message")
     role, content = pair
-    if role not in ROLES or role == "tool":  # the pair format predates tools
+    if not isinstance(role, str) or role not in ROLES or role == "tool":  # the pair format predates tools
         raise BadConversation("bad_role")
     return {"role": role, "content": strip_no_think(_text(content, "bad_content"))}
 

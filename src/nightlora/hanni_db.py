@@ -230,15 +230,19 @@ def iter_conversations(conn: sqlite3.Connection) -> Iterator[ConversationRow]:
     """
     order = conn.execute(
         "SELECT c.id, EXISTS (SELECT 1 FROM message_feedback f"
-        " WHERE f.conversation_id = c.id AND f.rating IN (1, -1)) AS rated"
+        " WHERE f.conversation_id = c.id AND f.rating IN (1, -1)) AS rated,"
+        " EXISTS (SELECT 1 FROM message_feedback f WHERE f.conversation_id = c.id)"
         " FROM conversations c ORDER BY rated DESC, c.started_at, c.id"
     )
-    for cid, rated in order:
-        (raw,) = conn.execute("SELECT CAST(messages AS BLOB) FROM conversations WHERE id = ?", (cid,)).fetchone()
-        feedback = dict(
-            conn.execute("SELECT message_index, rating FROM message_feedback WHERE conversation_id = ?", (cid,))
+    messages, feedback = conn.cursor(), conn.cursor()  # reused: a cursor per row costs more than the query
+    for cid, rated, has_feedback in order:
+        (raw,) = messages.execute("SELECT CAST(messages AS BLOB) FROM conversations WHERE id = ?", (cid,)).fetchone()
+        ratings = (
+            dict(feedback.execute("SELECT message_index, rating FROM message_feedback WHERE conversation_id = ?", (cid,)))
+            if has_feedback
+            else {}
         )
-        yield ConversationRow(cid, raw, feedback, bool(rated))
+        yield ConversationRow(cid, raw, ratings, bool(rated))
 
 
 def orphan_feedback_count(conn: sqlite3.Connection) -> int:

@@ -28,18 +28,27 @@ def applied(conn: sqlite3.Connection) -> list[str]:
 
 def migrate(conn: sqlite3.Connection, migrations: list[Migration] | None = None) -> list[str]:
     """Apply what is missing; return the names applied now."""
-    done = set(applied(conn))
+    applied(conn)
     conn.commit()
     now_applied = []
     for fn in migrations if migrations is not None else MIGRATIONS:
-        if fn.__name__ in done:
-            continue
-        with conn:  # one transaction: the migration and its record, or neither
+        # One explicit transaction for the migration and its record, or neither: sqlite3's
+        # implicit transactions would not cover DDL (CREATE/ALTER).  IMMEDIATE takes the write
+        # lock first, so a second process waits and then finds the migration done.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (fn.__name__,)).fetchone():
+                conn.rollback()
+                continue
             fn(conn)
             conn.execute(
                 "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
                 (fn.__name__, datetime.now(timezone.utc).isoformat(timespec="seconds")),
             )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
         now_applied.append(fn.__name__)
     return now_applied
 

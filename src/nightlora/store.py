@@ -125,12 +125,11 @@ class AdapterStore:
         return sorted((self._load(p) for p in found), key=lambda v: v.number)
 
     def get(self, ref: str | int) -> Version:
-        """A version by name (``v0003``), number (3 or ``"3"``)."""
-        text = str(ref).strip()
-        if text.isdigit():
-            name = version_name(int(text))
-        elif _NAME.match(text):
-            name = version_name(int(text[1:]))
+        """A version by name (``v0003``, ``v3``) or number (3, ``"3"``)."""
+        text = str(ref).strip().lower()
+        m = re.fullmatch(r"v?(\d+)", text)
+        if m:
+            name = version_name(int(m.group(1)))
         else:
             raise StoreError(f"not a version name: {ref!r} (expected e.g. v0003 or 3)")
         path = self.root / name

@@ -38,7 +38,7 @@ class HealthResult:
     ok: bool
     url: str
     reason: str = ""          # one line when not ok
-    ready_s: float | None = None  # until /health or /v1/models said ready (None: never did)
+    ready_s: float | None = None  # until the server first answered /health or /v1/models (None: never)
     chat_s: float | None = None   # the successful chat completion alone
     total_s: float = 0.0
     attempts: int = 0
@@ -136,8 +136,10 @@ class _Poll:
         self.attempts += 1
         if self.alive is not None and not self.alive():
             raise _Fatal("the server process is not running (it exited or was never started)")
+        # Probed before every chat attempt, not just once: mlx_lm may say ok, then fail to
+        # load the adapter; only /health then tells that waiting longer is pointless.
+        self._ready()
         if self.ready_at is None:
-            self._ready()
             self.ready_at = self.clock()
         t0 = self.clock()
         self.reply = self._chat()

@@ -30,6 +30,8 @@ def quote_word(arg: str) -> str:
     becomes %%, $ becomes $$, and anything but plain characters goes in double
     quotes with \\ and " and control characters escaped.
     """
+    if "\x00" in arg:
+        raise ServerError(f"an argument with a NUL byte cannot go in a unit file: {arg!r}")
     if arg == ";":
         return "\\;"  # a lone ; would separate two commands
     text = arg.replace("%", "%%").replace("$", "$$")

@@ -81,7 +81,11 @@ def build_lora_model(base_model: Path, hp: HyperParams, dtype: torch.dtype, init
     model.config.use_cache = False  # the KV cache is for generation; training only wastes memory on it
     if hp.grad_checkpoint:
         # Non-reentrant checkpointing works with frozen inputs and under DDP.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     wanted = lora_config(model, hp)
     if init_adapter is None:
         return get_peft_model(model, wanted)
