@@ -168,6 +168,49 @@ class RecordingRunner:
         return CommandResult(tuple(argv), 0, "", "")
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v", "s": " ",
+            "\\": "\\", '"': '"', "'": "'", ";": ";"}
+
+
+def parse_exec_line(line: str) -> list[str]:
+    """A reference reading of an ExecStart= value, in systemd's order (systemd.service(5),
+    "Command lines"): %-specifiers on the whole line, then words split with quotes and
+    C-style escapes, then $$ -> $ in each word."""
+    assert "%" not in line.replace("%%", ""), f"unexpected specifier in {line!r}"
+    s = line.replace("%%", "%")
+    words, i, n = [], 0, len(s)
+    while i < n:
+        while i < n and s[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        word, quote = "", None
+        while i < n:
+            c = s[i]
+            if quote is None and c in " \t":
+                break
+            if c in "\"'" and (quote is None or quote == c):
+                quote = None if quote else c
+                i += 1
+                continue
+            if c == "\\":
+                nxt = s[i + 1]
+                if nxt == "x":
+                    word += chr(int(s[i + 2:i + 4], 16))
+                    i += 4
+                    continue
+                word += _ESCAPES[nxt]
+                i += 2
+                continue
+            word += c
+            i += 1
+        assert quote is None, f"unterminated quote in {line!r}"
+        words.append(word)
+    for w in words:
+        assert "$" not in w.replace("$$", ""), f"unescaped $ in {w!r} would expand a variable"
+    return [w.replace("$$", "$") for w in words]
+
+
 # ---- processes -----------------------------------------------------------------------------
 
 

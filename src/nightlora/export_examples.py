@@ -47,6 +47,15 @@ class ConversationExport:
     feedback_problems: list[str] = field(default_factory=list)
 
 
+def _has_real_messages(messages: list[Message]) -> bool:
+    real = 0
+    for m in messages:
+        real += is_real(m)
+        if real >= MIN_REAL_MESSAGES:
+            return True
+    return False
+
+
 def _valid_ratings(messages: list[Message], feedback: Mapping[Any, Any], problems: list[str]) -> dict[int, int]:
     ratings: dict[int, int] = {}
     for index, rating in feedback.items():
@@ -110,7 +119,7 @@ def conversation_examples(
     if len(messages) < min_messages:
         result.too_short = True
         return result
-    if sum(1 for m in messages if is_real(m)) < MIN_REAL_MESSAGES:
+    if not _has_real_messages(messages):
         result.skip_reason = "too_few_real_messages"
         return result
 

@@ -131,16 +131,20 @@ def normalize_messages(parsed: Any) -> list[Message]:
     return out
 
 
+def _blank(text: str) -> bool:
+    return not text or text.isspace()  # str.strip() would copy every message
+
+
 def is_real(msg: Message) -> bool:
     """A user or assistant message a person wrote or read, not the plumbing of an action."""
     if msg["role"] not in ("user", "assistant"):
         return False
     text = msg["content"]
-    if not text.strip() or ACTION_BLOCK.search(text):
+    if _blank(text) or ACTION_BLOCK.search(text):
         return False
     return not (msg["role"] == "user" and text.startswith(ACTION_RESULT))
 
 
 def is_learnable(msg: Message) -> bool:
     """An assistant turn with something to learn: text or a tool call."""
-    return msg["role"] == "assistant" and (bool(msg["content"].strip()) or "tool_calls" in msg)
+    return msg["role"] == "assistant" and (not _blank(msg["content"]) or "tool_calls" in msg)

@@ -134,4 +134,5 @@ def format_hyperparams(hp: HyperParams) -> str:
     values = hp.to_dict()
     values.pop("reasons")
     width = max(len(k) for k in values)
-    return "\n".join(f"  {k:<{width}}  {v!s:<10}  {hp.reasons.get(k, '')}".rstrip() for k, v in values.items())
+    shown = {k: f"{v:.3g}" if isinstance(v, float) else str(v) for k, v in values.items()}
+    return "\n".join(f"  {k:<{width}}  {shown[k]:<8}  {hp.reasons.get(k, '')}".rstrip() for k in values)

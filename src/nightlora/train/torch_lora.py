@@ -18,6 +18,7 @@ Mapping to mlx_lm (mlx_lm/tuner/utils.py linear_to_lora_layers, tuner/lora.py Lo
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -87,11 +88,14 @@ def build_lora_model(base_model: Path, hp: HyperParams, dtype: torch.dtype, init
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     wanted = lora_config(model, hp)
-    if init_adapter is None:
-        return get_peft_model(model, wanted)
-    init_adapter = Path(init_adapter)
-    _check_init_adapter(init_adapter, wanted, model.config.num_hidden_layers)
-    return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    if init_adapter is not None:
+        _check_init_adapter(Path(init_adapter), wanted, model.config.num_hidden_layers)
+    with warnings.catch_warnings():
+        # PEFT still reads transformers' deprecated `is_gradient_checkpointing`; nothing to act on here.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if init_adapter is None:
+            return get_peft_model(model, wanted)
+        return PeftModel.from_pretrained(model, Path(init_adapter), is_trainable=True)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
