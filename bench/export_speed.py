@@ -4,14 +4,16 @@
 
 Builds (or reuses, in --dir) databases of random conversations in both message formats,
 with tool calls, action blocks, ratings and a few malformed rows, then exports each one
-in a fresh process and prints conversations/s and peak memory.  The small database shows
-that peak memory does not grow with the number of conversations.
+in a fresh process, in one process and with the default worker processes, and prints
+conversations/s and peak memory.  The small database shows that peak memory does not
+grow with the number of conversations.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import sqlite3
@@ -19,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -104,35 +105,32 @@ def build_db(path: Path, n: int, seed: int = 0) -> None:
     tmp.replace(path)
 
 
-def _rss_mib() -> float:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _mib(kib: int) -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20  # macOS reports bytes
 
 
-def measure(db: Path, out: Path, trace: bool) -> dict[str, Any]:
+def measure(db: Path, out: Path, workers: int | None) -> dict[str, Any]:
     """Run in a fresh process: one export, its time and peak memory."""
     from nightlora.export import export_dataset
 
-    baseline = _rss_mib()
-    if trace:
-        tracemalloc.start()
+    before = _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     t0 = time.perf_counter()
-    result = export_dataset(db, out, None, min_messages=2)
-    elapsed = time.perf_counter() - t0
-    report = {
+    result = export_dataset(db, out, None, min_messages=2, workers=workers)
+    seconds = time.perf_counter() - t0
+    return {
         "conversations": result.manifest["conversations"]["total"],
         "examples": sum(result.counts[s] for s in ("train", "valid", "test")),
-        "seconds": elapsed,
-        "rss_baseline_mib": baseline,
-        "rss_peak_mib": _rss_mib(),
+        "mib_written": sum(f["bytes"] for f in result.manifest["files"].values()) / 2**20,
+        "workers": result.manifest["workers"],
+        "seconds": seconds,
+        "rss_before_mib": before,
+        "rss_peak_mib": _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+        "worker_rss_peak_mib": _mib(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss),
     }
-    if trace:
-        report["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
-    return report
 
 
-def _run_child(db: Path, out: Path, trace: bool) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--measure", str(db), str(out)] + (["--trace"] if trace else [])
+def _run_child(db: Path, out: Path, workers: int | None) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--measure", str(db), str(out), str(workers or 0)]
     return json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
 
 
@@ -141,13 +139,14 @@ def main() -> None:
     ap.add_argument("--conversations", type=int, default=100_000)
     ap.add_argument("--small", type=int, default=10_000, help="the size to compare peak memory with")
     ap.add_argument("--dir", type=Path, default=None, help="keep (and reuse) the databases here")
-    ap.add_argument("--measure", nargs=2, type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(*args.measure, trace=args.trace)))
+        db, out, workers = args.measure
+        print(json.dumps(measure(Path(db), Path(out), int(workers) or None)))
         return
 
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="nightlora-bench-") as tmp:
         work = args.dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -157,16 +156,16 @@ def main() -> None:
                 t0 = time.perf_counter()
                 build_db(db, n)
                 print(f"built {db.name}: {n} conversations in {time.perf_counter() - t0:.1f} s", flush=True)
-            out = work / f"export-{n}"
-            r = _run_child(db, out, trace=False)
-            t = _run_child(db, out, trace=True)
-            print(
-                f"{n:>7} conversations: {r['seconds']:.2f} s, {r['conversations'] / r['seconds']:,.0f} conversations/s, "
-                f"{r['examples']:,} examples; peak RSS {r['rss_peak_mib']:.1f} MiB "
-                f"(after imports {r['rss_baseline_mib']:.1f} MiB); "
-                f"tracemalloc peak {t['tracemalloc_peak_mib']:.2f} MiB",
-                flush=True,
-            )
+            for workers in (1, None):
+                r = _run_child(db, work / f"export-{n}", workers)
+                print(
+                    f"{r['conversations']:>7} conversations, {r['workers']} worker(s): {r['seconds']:.1f} s, "
+                    f"{r['conversations'] / r['seconds']:,.0f} conversations/s "
+                    f"({r['examples']:,} examples, {r['mib_written']:.0f} MiB written); "
+                    f"peak RSS {r['rss_peak_mib']:.1f} MiB ({r['rss_before_mib']:.1f} before the export)"
+                    + (f", each worker {r['worker_rss_peak_mib']:.1f} MiB at most" if r["workers"] > 1 else ""),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -67,6 +65,7 @@ def test_fallback_chain_with_real_servers(served, make_adapter):
     assert r.live == "v0001" and store.current().name == "v0001"
     assert [a.version for a in r.attempts] == ["v0002", "v0001"]
     assert "failed to load" in r.attempts[0].reason
+    assert "load_safetensors" in r.attempts[0].reason  # the server log's own error line
     assert store.get("v0002").rejected
     assert health(alive=manager.is_running).ok
 
@@ -88,16 +87,11 @@ def test_fallback_chain_with_real_servers(served, make_adapter):
     r = restore(store, manager, health)
     assert r.outcome is Outcome.UNCHANGED and manager.record().pid == pid
 
-    # 5. After an interrupted run stopped the server, restore() brings it back as it was.
-    manager.stop()
-    assert not manager.is_running()
-    r = restore(store, manager, health)
-    assert r.outcome is Outcome.RESTORED and r.ok, r.message()
-    assert health(alive=manager.is_running).ok
 
-
-def test_restore_falls_back_to_previous_when_live_version_broke(served, make_adapter):
+def test_restore_after_an_interrupted_run_falls_back_to_previous(served, make_adapter):
+    # The run stopped the server for training and died; meanwhile the live version broke.
     store, manager, health = served()
+    assert not manager.is_running()
     v1 = store.add(make_adapter())
     v2 = store.add(make_adapter())
     store.set_current(v2)
@@ -184,3 +178,114 @@ def test_cli_rollback_restarts_the_server(tmp_path, server_model_dir, make_adapt
     assert listing["live"] == "v0001"
     assert [v["name"] for v in listing["versions"]] == ["v0002", "v0001"]
     assert [v["live"] for v in listing["versions"]] == [False, True]
+
+
+# ---- the chain's logic with launchd (which cannot run here): its plist after each outcome -------
+
+
+class ScriptedHealth:
+    """Health verdicts in order (the side effect deploy() takes as a parameter)."""
+
+    def __init__(self, *verdicts: bool):
+        self.verdicts = list(verdicts)
+        self.calls = 0
+
+    def __call__(self, alive=None):
+        from nightlora.server.health import HealthResult
+
+        ok = self.verdicts[self.calls]
+        self.calls += 1
+        return HealthResult(ok=ok, url="http://127.0.0.1:8234", reason="" if ok else "chat completion answered 500",
+                            reply="hi" if ok else "")
+
+
+def _launchd(tmp_path):
+    import plistlib
+
+    from nightlora.server.launchd import LaunchdManager
+    from server_fixtures import RecordingRunner
+
+    plist = tmp_path / "com.hanni.mlx-server.plist"
+    plist.write_bytes(plistlib.dumps({"Label": "com.hanni.mlx-server",
+                                      "ProgramArguments": ["/py", "-m", "mlx_lm", "server", "--model", "/m"]}))
+    runner = RecordingRunner().on(["launchctl", "bootout"], 113).on(["launchctl", "print"], 0, "state = running")
+    m = LaunchdManager(plist, "com.hanni.mlx-server", runner, uid=501, sleep=lambda s: None)
+
+    def args():
+        with open(plist, "rb") as f:
+            return plistlib.load(f)["ProgramArguments"]
+    return m, runner, args
+
+
+def _fake_version(store, tmp_path, name):
+    src = tmp_path / name
+    src.mkdir()
+    (src / "adapters.safetensors").write_bytes(b"w")
+    (src / "adapter_config.json").write_text("{}")
+    return store.add(src)
+
+
+def test_launchd_plist_follows_the_outcome(tmp_path):
+    store = AdapterStore(tmp_path / "adapters")
+    v1 = _fake_version(store, tmp_path, "a")
+    v2 = _fake_version(store, tmp_path, "b")
+    m, runner, args = _launchd(tmp_path)
+    link = str(store.current_link)
+
+    r = deploy(store, m, ScriptedHealth(True), v1)
+    assert r.outcome is Outcome.LIVE and args()[-2:] == ["--adapter-path", link]
+    assert [c[:2] for c in runner.calls] == [["launchctl", "bootout"], ["launchctl", "bootstrap"]]
+
+    r = deploy(store, m, ScriptedHealth(False, True), v2)
+    assert r.outcome is Outcome.ROLLED_BACK and store.current().name == "v0001"
+    assert args()[-2:] == ["--adapter-path", link] and store.get("v0002").rejected
+
+    r = deploy(store, m, ScriptedHealth(False, False, True), v2)
+    assert r.outcome is Outcome.NO_ADAPTER and "--adapter-path" not in args()
+
+    r = deploy(store, m, ScriptedHealth(False, False, False), v1)
+    assert r.outcome is Outcome.DOWN
+    assert store.current() is None and "--adapter-path" not in args()  # back to the last state that worked
+
+
+def test_a_step_that_cannot_be_tried_does_not_stop_the_chain(tmp_path):
+    import os
+
+    store = AdapterStore(tmp_path / "adapters")
+    v1 = _fake_version(store, tmp_path, "a")
+    m, _, args = _launchd(tmp_path)
+
+    calls = []
+    real_configure = m.configure
+
+    def flaky_configure(adapter):
+        calls.append(adapter)
+        if adapter is not None:
+            raise PermissionError(13, "Permission denied", str(m.plist))
+        real_configure(adapter)
+    m.configure = flaky_configure
+    r = deploy(store, m, ScriptedHealth(True), v1)
+    assert r.outcome is Outcome.NO_ADAPTER
+    assert r.attempts[0].reason.startswith("PermissionError: [Errno 13] Permission denied")
+    assert os.path.exists(m.plist) and "--adapter-path" not in args()
+
+
+def test_restore_outcomes_with_launchd(tmp_path):
+    store = AdapterStore(tmp_path / "adapters")
+    v1 = _fake_version(store, tmp_path, "a")
+    store.set_current(v1)
+    m, runner, args = _launchd(tmp_path)
+    # Running and healthy: nothing is touched.
+    r = restore(store, m, ScriptedHealth(True))
+    assert r.outcome is Outcome.UNCHANGED and r.live == "v0001"
+    assert [c[1] for c in runner.calls] == ["print"]
+    # Running but not answering: restarted with the live version.
+    runner.calls.clear()
+    r = restore(store, m, ScriptedHealth(False, True))
+    assert r.outcome is Outcome.RESTORED and r.live == "v0001"
+    assert [c[1] for c in runner.calls if c[1] != "print"] == ["bootout", "bootstrap"]
+    assert args()[-2:] == ["--adapter-path", str(store.current_link)]
+    assert r.message() == "the server is back with v0001"
+    # Unmanaged: only looked at.
+    r = restore(store, UnmanagedServer("127.0.0.1", free_port()), ScriptedHealth(False))
+    assert r.outcome is Outcome.DOWN and "down" in r.message()

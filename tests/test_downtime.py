@@ -85,3 +85,20 @@ def test_macos_memory_from_vm_stat_and_sysctl():
     assert parse_vm_stat("garbage") is None
     assert read_memory(RecordingRunner().on(["vm_stat"], 1), platform="darwin") is None
     assert read_memory(platform="sunos") is None
+
+
+def test_plan_for_a_model_folder(tmp_path):
+    from nightlora.downtime import plan_downtime
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 4096)
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2,
+                                                      "num_attention_heads": 4, "vocab_size": 500}))
+    roomy = lambda: MemoryInfo(64 * GiB, 128 * GiB, "test")  # noqa: E731
+    tight = lambda: MemoryInfo(GiB // 2, 2 * GiB, "test")  # noqa: E731
+    kw = dict(batch_size=2, seq_len=256, lora_rank=8)
+    keep = plan_downtime("auto", tmp_path, memory_reader=roomy, **kw)
+    assert not keep.stop and keep.served_bytes == 4096 and keep.training_bytes > 4096
+    assert plan_downtime("auto", tmp_path, memory_reader=tight, **kw).stop
+    read = []
+    assert plan_downtime("always", tmp_path, memory_reader=lambda: read.append(1), **kw).stop
+    assert read == []  # no need to look at memory

@@ -43,7 +43,8 @@ def make_db(path: Path, convs: dict[int, Any], feedback: list[tuple] = (), start
 
 def read_split(out: Path, split: str) -> list[dict[str, Any]]:
     path = out / f"{split}.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+    # JSON lines end at "\n" only: str.splitlines() would also split at U+2028 inside a string.
+    return [json.loads(line) for line in path.read_bytes().split(b"\n")[:-1]] if path.exists() else []
 
 
 def all_examples(out: Path) -> list[dict[str, Any]]:
@@ -253,3 +254,14 @@ def test_exported_files_load_in_mlx_lm_with_prompt_masking(demo_export, tiny_mod
             assert "<|im_start|>user" not in target and "<|im_start|>system" not in target
             with_tools += "tools" in ds[i]
     assert with_tools > 0
+
+
+def test_worker_processes_write_the_same_files(tmp_path: Path):
+    convs = {cid: chat(1 + cid % 4, f"c{cid % 50}") for cid in range(1, 700)}  # with duplicates across chunks
+    feedback = [(cid, 1 + 2 * (cid % 3), (1, -1, 0)[cid % 3], 0) for cid in range(1, 700, 5)]
+    make_db(tmp_path / "h.db", convs, feedback)
+    one = export_dataset(tmp_path / "h.db", tmp_path / "one", None, workers=1)
+    two = export_dataset(tmp_path / "h.db", tmp_path / "two", None, workers=2)
+    assert two.manifest["workers"] == 2
+    assert one.manifest["files"] == two.manifest["files"] and one.counts["preferences"] > 0
+    assert one.manifest["duplicates"] == two.manifest["duplicates"] and one.manifest["duplicates"]["examples"] > 0

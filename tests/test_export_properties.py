@@ -182,7 +182,7 @@ def test_export_of_random_databases(convs: list[tuple[Any, Any]], data: st.DataO
             assert path.exists() == (result.counts[split] > 0)
             if not path.exists():
                 continue
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_bytes().split(b"\n")[:-1]  # not splitlines(): U+2028 may sit inside a string
             assert len(lines) == result.counts[split]
             for line in lines:
                 record = json.loads(line)

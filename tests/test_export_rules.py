@@ -167,7 +167,9 @@ def test_too_short_conversations_are_left_out_but_not_skipped():
     ([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "bad_content"),
     ([{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]}], "bad_tool_calls"),
     ([{"role": "assistant", "content": None, "tool_calls": "f()"}], "bad_tool_calls"),
-    ([{"role": "user", "content": "a", "tool_calls": []}], "bad_tool_calls"),
+    ([{"role": "user", "content": "a", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}],
+     "bad_tool_calls"),
+    ([{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": []}}]}], "bad_tool_calls"),
     ([{"role": "tool", "content": "a", "tool_call_id": 5}], "bad_tool_result"),
     ([{"role": "user", "content": "\ud800"}], "bad_text"),
 ])
@@ -209,6 +211,18 @@ def test_empty_assistant_turns_are_context_not_targets():
     r = run([["user", "a"], ["assistant", "  "], ["user", "b"], ["assistant", "c"]])
     assert targets(r) == [3]
     assert r.examples[0]["messages"][2] == {"role": "assistant", "content": "  "}
+
+
+def test_empty_or_null_optional_fields_are_absent():
+    msgs = [
+        {"role": "user", "content": "Hi", "tool_calls": [], "name": None},
+        {"role": "assistant", "content": "Hello", "tool_calls": None},
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": None, "function": {"name": "f", "arguments": "{}"}}]},
+    ]
+    r = run(msgs)
+    assert r.examples[0]["messages"][1:] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    assert r.examples[1]["messages"][-1]["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]
 
 
 def test_extra_keys_are_dropped_and_dict_arguments_are_kept():

@@ -163,8 +163,8 @@ def test_failed_bootstrap_is_a_one_line_error(tmp_path):
                             "Bootstrap failed: 5: Input/output error")
 
 
-def test_not_running_states(tmp_path):
-    runner = RecordingRunner().on_sequence(["launchctl", "print"], [(0, "\tstate = not running\n"), (113, "")])
+def test_running_states(tmp_path):
+    runner = RecordingRunner().on_sequence(["launchctl", "print"], [
+        (0, "\tstate = not running\n"), (113, ""), (0, "\tstate = spawn scheduled\n"), (0, "\tstate = running\n")])
     m, _ = manager(tmp_path, runner)
-    assert not m.is_running()
-    assert not m.is_running()
+    assert [m.is_running() for _ in range(4)] == [False, False, True, True]

@@ -8,7 +8,6 @@ import socket
 import stat
 import sys
 import time
-from pathlib import Path
 
 import pytest
 

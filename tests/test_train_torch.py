@@ -33,6 +33,15 @@ TINY = HyperParams(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The test processes share few cores; OpenMP threads spin-waiting for a busy core make one thread 2-3x faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def persona_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_persona_dataset(tmp_path_factory.mktemp("data") / "persona")
@@ -212,7 +221,7 @@ def test_killed_training_leaves_no_adapter(tiny_model_dir: Path, persona_dir: Pa
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, *_module_argv(tiny_model_dir, persona_dir, parent / "v1", hp_file)],
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 120
         while "| 1/100000" not in log.read_text(errors="replace"):  # the bar shows step 1 done

@@ -111,9 +111,12 @@ def _serve(store: AdapterStore, manager: ServerManager, health: Health, version:
         log(f"starting the server with {label}")
         manager.start()
         h = health(alive=manager.is_running)
-    except NightloraError as e:
-        log(f"{label}: {e}")
-        return Attempt(key, False, str(e), time.monotonic() - t0)
+    except (NightloraError, OSError) as e:
+        # A step that cannot even be tried (a plist we may not write, launchctl refusing) is a
+        # failed step like any other: the chain goes on to the next fallback.
+        reason = str(e) if isinstance(e, NightloraError) else f"{type(e).__name__}: {e}"
+        log(f"{label}: {reason}")
+        return Attempt(key, False, reason, time.monotonic() - t0)
     reason = h.reason
     if h.ok:
         log(f"{label}: healthy in {h.total_s:.1f} s")
@@ -124,13 +127,10 @@ def _serve(store: AdapterStore, manager: ServerManager, health: Health, version:
 
 
 def _log_hint(manager: ServerManager) -> str:
-    """The last line of the server's log, when the manager keeps one (the process manager does)."""
-    tail = getattr(manager, "log_tail", None)
-    last = tail(1) if callable(tail) else ""
-    path = getattr(manager, "log_path", None)
-    if not last:
-        return ""
-    return f" (log {path}: {' '.join(last.split())[:200]})"
+    """The server's last error line, when the manager keeps its log (the process manager does)."""
+    last_error = getattr(manager, "last_error", None)
+    line = last_error() if callable(last_error) else ""
+    return f" (server log: {line})" if line else ""
 
 
 def _chain(
@@ -162,7 +162,7 @@ def _chain(
     store.set_current(fallback_pointer)
     try:
         manager.configure(store.current_link if fallback_pointer else None)
-    except NightloraError as e:
+    except (NightloraError, OSError) as e:
         log(f"cannot configure the server for {fallback_pointer.name if fallback_pointer else 'no adapter'}: {e}")
     return DeployResult(Outcome.DOWN, None, requested.name if requested else None, attempts,
                         attempts[-1].health if attempts else None)

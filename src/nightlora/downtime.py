@@ -191,4 +191,20 @@ def read_memory(
     return None
 
 
-MemoryReader = Callable[[], "MemoryInfo | None"]
+def plan_downtime(
+    mode: Mode,
+    model_dir: Path,
+    *,
+    batch_size: int,
+    seq_len: int,
+    lora_rank: int,
+    lora_layers: int | None = None,
+    grad_checkpoint: bool = True,
+    memory_reader: Callable[[], MemoryInfo | None] = read_memory,
+) -> DowntimeDecision:
+    """The decision for serving and training the same base model (``model_dir``)."""
+    shape = model_shape(model_dir)
+    need = estimate_training_bytes(shape, batch_size=batch_size, seq_len=seq_len, lora_rank=lora_rank,
+                                   lora_layers=lora_layers, grad_checkpoint=grad_checkpoint)
+    memory = memory_reader() if mode == "auto" else None
+    return decide_downtime(mode, served_bytes=shape.weights_bytes, training_bytes=need, memory=memory)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,15 +27,22 @@ from typing import IO, Any
 from nightlora.check import count_feedback
 from nightlora.errors import ExportError, SourceError
 from nightlora.export_dedupe import SeenDigests
-from nightlora.export_examples import conversation_examples
-from nightlora.export_messages import BadConversation, Message, parse_messages
-from nightlora.export_split import SPLITS, split_of
+from nightlora.export_pipeline import chunked, convert_chunk, ordered_map
+from nightlora.export_split import SPLITS
 from nightlora.fsutil import atomic_open, atomic_write_json, private_dir, remove_stale_temp
-from nightlora.hanni_db import iter_conversations, open_snapshot, orphan_feedback_count, seen_feedback
+from nightlora.hanni_db import (
+    conversation_count,
+    iter_conversations,
+    open_snapshot,
+    orphan_feedback_count,
+    seen_feedback,
+)
 
 MANIFEST = "manifest.json"
-PREFERENCES = "preferences.jsonl"
 MANIFEST_FORMAT = 1
+# Below this many conversations, starting worker processes costs more than it saves.
+PARALLEL_FROM = 5000
+MAX_WORKERS = 8
 
 FALLBACK_SYSTEM_PROMPT = (
     "You are Hanni, a friendly personal assistant running on the user's own computer. "
@@ -104,54 +111,12 @@ class _JsonlFile:
         return {"sha256": self._hash.hexdigest(), "bytes": self.bytes, "lines": self.lines}
 
 
-# One encoder for every line: json.dumps with options builds a new encoder per call, which
-# cost more than the encoding itself at hundreds of thousands of small objects.
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-# The record fields that hold chat messages (examples: messages; preferences: the rest).
-_MESSAGE_LISTS = frozenset({"messages", "prompt", "chosen", "rejected"})
-
-
-class _Encoder:
-    """JSON lines for one conversation's records, each message encoded once.
-
-    A conversation's examples share their context's message objects, so caching each
-    message's UTF-8 JSON by object turns the quadratic cost of repeating contexts into
-    byte joins.  The cache keeps the objects alive (ids stay unique) and is emptied for
-    each conversation.
-    """
-
-    def __init__(self) -> None:
-        self._cache: dict[int, tuple[Message, bytes]] = {}
-
-    def clear(self) -> None:
-        self._cache.clear()
-
-    def _messages(self, messages: list[Message]) -> bytes:
-        parts = []
-        for m in messages:
-            hit = self._cache.get(id(m))
-            if hit is None:
-                hit = self._cache[id(m)] = (m, _dumps(m).encode("utf-8"))
-            parts.append(hit[1])
-        return b"[" + b",".join(parts) + b"]"
-
-    def line(self, record: dict[str, Any], seen: SeenDigests) -> bytes | None:
-        """The record as one JSON line, or None if an identical record (meta aside) was written before."""
-        fields = []
-        for key, value in record.items():
-            if key == "meta":
-                continue
-            if key in _MESSAGE_LISTS and value is not None:
-                encoded = self._messages(value)
-            else:
-                encoded = _dumps(value).encode("utf-8")
-            fields.append(b'"' + key.encode() + b'":' + encoded)
-        body = b"{" + b",".join(fields)
-        if not seen.add(body):
-            return None
-        return body + b',"meta":' + _dumps(record["meta"]).encode("utf-8") + b"}\n"
+def _workers(requested: int | None, conversations: int) -> int:
+    if requested is not None:
+        return max(1, requested)
+    if conversations < PARALLEL_FROM:
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
 @dataclass
@@ -180,11 +145,14 @@ def export_dataset(
     *,
     min_messages: int = 4,
     split: tuple[int, int, int] = (80, 10, 10),
+    workers: int | None = None,
 ) -> ExportResult:
     """Export every conversation of ``db_path`` with at least ``min_messages`` messages to ``out_dir``.
 
-    Never writes to the database.  Reads one snapshot, streams its rows, and holds no more
-    than one conversation's examples in memory.
+    Never writes to the database.  Reads one snapshot and streams its rows: memory holds a
+    few chunks of rows at a time, however large the database.  ``workers`` processes share
+    the work (None: one per CPU, up to 8, for databases of ``PARALLEL_FROM`` conversations
+    or more); the output does not depend on it.
     """
     t0 = time.monotonic()
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -204,49 +172,35 @@ def export_dataset(
         gate = count_feedback(conn, 0)
         seen = seen_feedback(conn)
         orphans = orphan_feedback_count(conn)
+        n_workers = _workers(workers, conversation_count(conn))
         t_snapshot = time.monotonic()
         try:
             with contextlib.ExitStack() as stack:
                 examples_seen = stack.enter_context(SeenDigests())
                 preferences_seen = stack.enter_context(SeenDigests())
-                files = {name: _JsonlFile(stack, out_dir / f"{name}.jsonl") for name in SPLITS}
-                preferences = _JsonlFile(stack, out_dir / PREFERENCES)
-                preferences.open()  # always written, even empty: nothing loads it by convention
-                encoder = _Encoder()
-                for row in iter_conversations(conn):
-                    stats["total"] += 1
-                    part = split_of(row.id, split)
-                    try:
-                        conv = conversation_examples(
-                            row.id, parse_messages(row.messages), row.feedback, prompt.text,
-                            split=part, min_messages=min_messages,
-                        )
-                    except BadConversation as e:
-                        skipped[e.reason].append(row.id)
-                        stats["skipped"] += 1
-                        continue
-                    if conv.too_short:
-                        stats["too_short"] += 1
-                        continue
-                    if conv.skip_reason:
-                        skipped[conv.skip_reason].append(row.id)
-                        stats["skipped"] += 1
-                        continue
-                    for reason in dict.fromkeys(conv.feedback_problems):
-                        skipped[reason].append(row.id)
-                    stats["exported"] += 1
-                    stats["rated"] += row.rated
-                    encoder.clear()
-                    for example in conv.examples:
-                        if (line := encoder.line(example, examples_seen)) is None:
-                            duplicates["examples"] += 1
-                        else:
-                            files[part].write(line)
-                    for record in conv.preferences:
-                        if (line := encoder.line(record, preferences_seen)) is None:
-                            duplicates["preferences"] += 1
-                        else:
-                            preferences.write(line)
+                files = {name: _JsonlFile(stack, out_dir / f"{name}.jsonl") for name in (*SPLITS, "preferences")}
+                files["preferences"].open()  # always written, even empty: no loader fails on it
+                chunks = chunked(iter_conversations(conn), prompt.text, split, min_messages)
+                for converted in ordered_map(convert_chunk, chunks, n_workers):
+                    for conv in converted:
+                        stats["total"] += 1
+                        if conv.too_short:
+                            stats["too_short"] += 1
+                            continue
+                        if conv.skip_reason:
+                            skipped[conv.skip_reason].append(conv.id)
+                            stats["skipped"] += 1
+                            continue
+                        for reason in dict.fromkeys(conv.feedback_problems):
+                            skipped[reason].append(conv.id)
+                        stats["exported"] += 1
+                        stats["rated"] += conv.rated
+                        for stem, digest, line in conv.lines:
+                            is_example = stem != "preferences"
+                            if (examples_seen if is_example else preferences_seen).add(digest):
+                                files[stem].write(line)
+                            else:
+                                duplicates["examples" if is_example else "preferences"] += 1
             for f in files.values():
                 if not f.written:
                     f.path.unlink(missing_ok=True)  # a previous night's file would contradict the manifest
@@ -254,14 +208,15 @@ def export_dataset(
             raise ExportError(f"cannot write the dataset to {out_dir}: {e.strerror or e}") from None
     t_done = time.monotonic()
 
-    written = {f.path.name: f.summary() for f in (*files.values(), preferences) if f.written}
+    written = {f.path.name: f.summary() for f in files.values() if f.written}
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "created_at": created_at,
         "db_path": str(Path(db_path).absolute()),
         "min_messages": min_messages,
+        "workers": n_workers,
         "split": list(split),
-        "counts": {**{name: files[name].lines for name in SPLITS}, "preferences": preferences.lines},
+        "counts": {name: f.lines for name, f in files.items()},
         "conversations": stats,
         "duplicates": duplicates,
         "skipped": dict(sorted(skipped.items())),

@@ -12,7 +12,11 @@ import hashlib
 import sqlite3
 
 DIGEST_BYTES = 16
-CACHE_KIB = 8192
+CACHE_KIB = 2048
+
+
+def digest_of(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
 
 
 class SeenDigests:
@@ -26,9 +30,8 @@ class SeenDigests:
         self._conn.execute("BEGIN")
         self._insert = self._conn.cursor()  # one cursor: creating one per call costs more than the insert
 
-    def add(self, data: bytes) -> bool:
-        """Remember ``data``; True when it was not seen before."""
-        digest = hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+    def add(self, digest: bytes) -> bool:
+        """Remember ``digest`` (from ``digest_of``); True when it was not seen before."""
         return self._insert.execute("INSERT OR IGNORE INTO seen VALUES (?)", (digest,)).rowcount == 1
 
     def close(self) -> None:

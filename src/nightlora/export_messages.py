@@ -73,7 +73,7 @@ def _tool_call(call: Any) -> dict[str, Any]:
     else:
         raise BadConversation("bad_tool_calls")
     out: dict[str, Any] = {}
-    if "id" in call:
+    if call.get("id") is not None:
         out["id"] = _text(call["id"], "bad_tool_calls")
     out["type"] = "function"
     out["function"] = {"name": name, "arguments": args}
@@ -86,7 +86,7 @@ def _from_object(obj: dict[str, Any]) -> Message:
         raise BadConversation("bad_role")
     content = obj.get("content")
     calls = obj.get("tool_calls")
-    if calls is not None and (role != "assistant" or not isinstance(calls, list)):
+    if (calls is not None and not isinstance(calls, list)) or (calls and role != "assistant"):
         raise BadConversation("bad_tool_calls")
     tool_calls = [_tool_call(c) for c in calls or ()]
     msg: Message = {"role": role}

@@ -158,6 +158,49 @@ def seen_feedback(conn: sqlite3.Connection) -> SeenFeedback:
     return SeenFeedback(high_water, tuple(ranges), count)
 
 
+@dataclass(frozen=True)
+class ConversationRow:
+    id: int
+    # The raw column, as bytes: decoding is the exporter's job, so bad UTF-8 is a skipped row, not a crash.
+    messages: bytes | None
+    feedback: dict[Any, Any]  # message_index -> rating, every feedback row of the conversation
+    rated: bool
+
+
+def iter_conversations(conn: sqlite3.Connection) -> Iterator[ConversationRow]:
+    """Every conversation, rated ones (any 1 or -1) first, then oldest first, streamed.
+
+    The sort runs over ids only; each row's messages are then fetched by primary key,
+    so SQLite's sorter never copies the message texts.
+    """
+    order = conn.execute(
+        "SELECT c.id, EXISTS (SELECT 1 FROM message_feedback f"
+        " WHERE f.conversation_id = c.id AND f.rating IN (1, -1)) AS rated,"
+        " EXISTS (SELECT 1 FROM message_feedback f WHERE f.conversation_id = c.id)"
+        " FROM conversations c ORDER BY rated DESC, c.started_at, c.id"
+    )
+    messages, feedback = conn.cursor(), conn.cursor()  # reused: a cursor per row costs more than the query
+    for cid, rated, has_feedback in order:
+        (raw,) = messages.execute("SELECT CAST(messages AS BLOB) FROM conversations WHERE id = ?", (cid,)).fetchone()
+        ratings = (
+            dict(feedback.execute("SELECT message_index, rating FROM message_feedback WHERE conversation_id = ?", (cid,)))
+            if has_feedback
+            else {}
+        )
+        yield ConversationRow(cid, raw, ratings, bool(rated))
+
+
+def conversation_count(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
+
+
+def orphan_feedback_count(conn: sqlite3.Connection) -> int:
+    """Feedback rows whose conversation does not exist (nothing to export them with)."""
+    return conn.execute(
+        "SELECT COUNT(*) FROM message_feedback WHERE conversation_id NOT IN (SELECT id FROM conversations)"
+    ).fetchone()[0]
+
+
 def mark_exported(db_path: Path, seen: SeenFeedback | Sequence[tuple[int, int]]) -> int:
     """Mark exactly the feedback rows an export saw as exported, in one transaction; return how many.
 
@@ -212,41 +255,3 @@ def mark_exported_from_manifest(db_path: Path, manifest_path: Path) -> int:
         raise ExportError(f"{manifest_path} is not an export manifest: {e}") from None
     return mark_exported(db_path, seen)
 
-
-@dataclass(frozen=True)
-class ConversationRow:
-    id: int
-    # The raw column, as bytes: decoding is the exporter's job, so bad UTF-8 is a skipped row, not a crash.
-    messages: bytes | None
-    feedback: dict[Any, Any]  # message_index -> rating, every feedback row of the conversation
-    rated: bool
-
-
-def iter_conversations(conn: sqlite3.Connection) -> Iterator[ConversationRow]:
-    """Every conversation, rated ones (any 1 or -1) first, then oldest first, streamed.
-
-    The sort runs over ids only; each row's messages are then fetched by primary key,
-    so SQLite's sorter never copies the message texts and Python holds one row at a time.
-    """
-    order = conn.execute(
-        "SELECT c.id, EXISTS (SELECT 1 FROM message_feedback f"
-        " WHERE f.conversation_id = c.id AND f.rating IN (1, -1)) AS rated,"
-        " EXISTS (SELECT 1 FROM message_feedback f WHERE f.conversation_id = c.id)"
-        " FROM conversations c ORDER BY rated DESC, c.started_at, c.id"
-    )
-    messages, feedback = conn.cursor(), conn.cursor()  # reused: a cursor per row costs more than the query
-    for cid, rated, has_feedback in order:
-        (raw,) = messages.execute("SELECT CAST(messages AS BLOB) FROM conversations WHERE id = ?", (cid,)).fetchone()
-        ratings = (
-            dict(feedback.execute("SELECT message_index, rating FROM message_feedback WHERE conversation_id = ?", (cid,)))
-            if has_feedback
-            else {}
-        )
-        yield ConversationRow(cid, raw, ratings, bool(rated))
-
-
-def orphan_feedback_count(conn: sqlite3.Connection) -> int:
-    """Feedback rows whose conversation does not exist (nothing to export them with)."""
-    return conn.execute(
-        "SELECT COUNT(*) FROM message_feedback WHERE conversation_id NOT IN (SELECT id FROM conversations)"
-    ).fetchone()[0]

