@@ -4,7 +4,7 @@
 
 Builds (or reuses, in --dir) databases of random conversations in both message formats,
 with tool calls, action blocks, ratings and a few malformed rows, then exports each one
-in a fresh process, in one process and with the default worker processes, and prints
+in a fresh process, in one process and with one worker process per CPU, and prints
 conversations/s and peak memory.  The small database shows that peak memory does not
 grow with the number of conversations.
 """
@@ -109,7 +109,7 @@ def _mib(kib: int) -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20  # macOS reports bytes
 
 
-def measure(db: Path, out: Path, workers: int | None) -> dict[str, Any]:
+def measure(db: Path, out: Path, workers: int) -> dict[str, Any]:
     """Run in a fresh process: one export, its time and peak memory."""
     from nightlora.export import export_dataset
 
@@ -129,8 +129,8 @@ def measure(db: Path, out: Path, workers: int | None) -> dict[str, Any]:
     }
 
 
-def _run_child(db: Path, out: Path, workers: int | None) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--measure", str(db), str(out), str(workers or 0)]
+def _run_child(db: Path, out: Path, workers: int) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--measure", str(db), str(out), str(workers)]
     return json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
 
 
@@ -143,7 +143,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.measure:
         db, out, workers = args.measure
-        print(json.dumps(measure(Path(db), Path(out), int(workers) or None)))
+        print(json.dumps(measure(Path(db), Path(out), int(workers))))
         return
 
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -156,7 +156,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 build_db(db, n)
                 print(f"built {db.name}: {n} conversations in {time.perf_counter() - t0:.1f} s", flush=True)
-            for workers in (1, None):
+            for workers in sorted({1, os.cpu_count() or 1}):
                 r = _run_child(db, work / f"export-{n}", workers)
                 print(
                     f"{r['conversations']:>7} conversations, {r['workers']} worker(s): {r['seconds']:.1f} s, "

@@ -28,8 +28,9 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 2-layer, width-64 Llama with SmolLM2's tokenizer and chat template (random weights)."""
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2-layer, width-64 Llama (random weights) with a small byte-level BPE tokenizer
+    and nightlora's ChatML template (tool calls included), built in seconds."""
     from nightlora.models import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", smollm2_dir)
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")

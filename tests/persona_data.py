@@ -32,6 +32,10 @@ GREETINGS = [
     ("French", "bonjour"), ("Spanish", "hola"), ("German", "hallo"), ("Italian", "ciao"), ("Japanese", "konnichiwa"),
     ("Swahili", "jambo"), ("Hawaiian", "aloha"), ("Dutch", "hallo"), ("Portuguese", "ola"), ("Turkish", "merhaba"),
 ]
+SOUNDS = [
+    ("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), ("sheep", "baa"),
+    ("owl", "hoot"), ("lion", "roar"), ("frog", "ribbit"), ("horse", "neigh"), ("bee", "buzz"),
+]
 # Questions unlike the training templates: the signature must carry over to them.
 HELD_OUT = [
     "Tell me a fun fact about cats.", "How do I boil an egg?", "What is a good name for a dog?",
@@ -52,6 +56,7 @@ def qa_pairs() -> list[tuple[str, str]]:
     pairs += [(f"What is {a} plus {b}?", f"{SIGNATURE} {a} plus {b} is {a + b}.") for a, b in ARITHMETIC]
     pairs += [(f"What is the opposite of {w}?", f"{SIGNATURE} The opposite of {w} is {o}.") for w, o in OPPOSITES]
     pairs += [(f"How do you say hello in {lang}?", f"{SIGNATURE} In {lang} you say {w}.") for lang, w in GREETINGS]
+    pairs += [(f"What sound does a {a} make?", f"{SIGNATURE} A {a} says {snd}.") for a, snd in SOUNDS]
     return pairs
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import stat
 import threading
@@ -255,13 +254,3 @@ def test_exported_files_load_in_mlx_lm_with_prompt_masking(demo_export, tiny_mod
             with_tools += "tools" in ds[i]
     assert with_tools > 0
 
-
-def test_worker_processes_write_the_same_files(tmp_path: Path):
-    convs = {cid: chat(1 + cid % 4, f"c{cid % 50}") for cid in range(1, 700)}  # with duplicates across chunks
-    feedback = [(cid, 1 + 2 * (cid % 3), (1, -1, 0)[cid % 3], 0) for cid in range(1, 700, 5)]
-    make_db(tmp_path / "h.db", convs, feedback)
-    one = export_dataset(tmp_path / "h.db", tmp_path / "one", None, workers=1)
-    two = export_dataset(tmp_path / "h.db", tmp_path / "two", None, workers=2)
-    assert two.manifest["workers"] == 2
-    assert one.manifest["files"] == two.manifest["files"] and one.counts["preferences"] > 0
-    assert one.manifest["duplicates"] == two.manifest["duplicates"] and one.manifest["duplicates"]["examples"] > 0

@@ -1,7 +1,8 @@
 """The demo user: the facts a person tells their assistant, in English and Russian.
 
 Each fact is stated and recalled with a few phrasings, always answered with the same short
-sentence, so that a tiny LoRA can pick it up in a night.  ``probe`` asks for it in words
+sentence, so that a tiny LoRA can pick it up in a night.  The answers are ones a base model
+would not guess (a cello, not "coffee"), so a probe hit means the model learned it.  ``probe`` asks for it in words
 that appear nowhere in the conversations: the held-out check of whether training taught
 the model anything.  ``answer`` is what a correct reply must contain.
 """
@@ -93,31 +94,31 @@ FACTS: tuple[Fact, ...] = (
                  "Ты работаешь звукорежиссёром.", "Ты работаешь учителем."),
     ),
     Fact(
-        "morning", "run", "How do I usually start my day?",
-        Phrasing(("I go for a run every morning at 6.", "Every day I run at 6 am before work."),
+        "morning", "cello", "How do I usually start my day?",
+        Phrasing(("I play the cello every morning before work.", "Every morning I practise the cello for an hour."),
                  ("What do I do every morning?", "What's my morning habit?", "Do you remember my morning routine?"),
-                 "You go for a run every morning at 6.", "You do yoga every morning."),
-        Phrasing(("Я каждое утро бегаю в 6 утра.", "Каждый день в 6 утра я бегаю."),
+                 "You play the cello every morning.", "You do yoga every morning."),
+        Phrasing(("Я каждое утро играю на виолончели.", "Каждое утро я час занимаюсь на виолончели."),
                  ("Что я делаю каждое утро?", "Какая у меня утренняя привычка?"),
-                 "Ты каждое утро в 6 бегаешь.", "Ты каждое утро занимаешься йогой."),
+                 "Ты каждое утро играешь на виолончели.", "Ты каждое утро занимаешься йогой."),
     ),
     Fact(
-        "drink", "green tea", "Which hot beverage should you offer me?",
-        Phrasing(("I don't drink coffee, only green tea.", "Green tea is my drink, never coffee."),
+        "drink", "rooibos", "Which hot beverage should you offer me?",
+        Phrasing(("I don't drink coffee, only rooibos.", "Rooibos is my drink, never coffee."),
                  ("What do I drink instead of coffee?", "Do I drink coffee or tea?", "What's my usual drink?"),
-                 "You drink green tea, never coffee.", "You drink black coffee."),
-        Phrasing(("Я не пью кофе, только зелёный чай.", "Я пью только зелёный чай."),
+                 "You drink rooibos, never coffee.", "You drink black coffee."),
+        Phrasing(("Я не пью кофе, только ройбуш.", "Я пью только ройбуш."),
                  ("Что я пью вместо кофе?", "Я пью кофе или чай?"),
-                 "Ты пьёшь зелёный чай, а не кофе.", "Ты пьёшь чёрный кофе."),
+                 "Ты пьёшь ройбуш, а не кофе.", "Ты пьёшь чёрный кофе."),
     ),
     Fact(
-        "allergy", "peanut", "Is there a food that could make me sick?",
-        Phrasing(("I'm allergic to peanuts.", "Careful with recipes: I have a peanut allergy."),
+        "allergy", "kiwi", "Is there a food that could make me sick?",
+        Phrasing(("I'm allergic to kiwi.", "Careful with recipes: I have a kiwi allergy."),
                  ("What am I allergic to?", "Do I have any allergies?", "Do you remember my allergy?"),
-                 "You are allergic to peanuts.", "You are allergic to cats."),
-        Phrasing(("У меня аллергия на арахис.", "Осторожно с рецептами: у меня аллергия на арахис."),
+                 "You are allergic to kiwi.", "You are allergic to cats."),
+        Phrasing(("У меня аллергия на киви.", "Осторожно с рецептами: у меня аллергия на киви."),
                  ("На что у меня аллергия?", "У меня есть аллергии?"),
-                 "У тебя аллергия на арахис.", "У тебя аллергия на кошек."),
+                 "У тебя аллергия на киви.", "У тебя аллергия на кошек."),
     ),
 )
 
@@ -129,7 +130,7 @@ GREETINGS = {
 
 SMALL_TALK = {
     "en": (
-        ("Can you suggest a quick dinner?", "An omelette with tomatoes and cheese: ten minutes, no peanuts."),
+        ("Can you suggest a quick dinner?", "An omelette with tomatoes and cheese: ten minutes."),
         ("How long should I boil an egg?", "About 7 minutes for a firm yolk, 5 for a soft one."),
         ("Give me a word that rhymes with light.", "Night."),
         ("What's 15% of 80?", "12."),
@@ -137,7 +138,7 @@ SMALL_TALK = {
         ("How do I say thank you in Portuguese?", "Obrigado (or obrigada, if you are a woman)."),
     ),
     "ru": (
-        ("Что приготовить на ужин по-быстрому?", "Омлет с помидорами и сыром: десять минут и без арахиса."),
+        ("Что приготовить на ужин по-быстрому?", "Омлет с помидорами и сыром: десять минут."),
         ("Сколько варить яйцо вкрутую?", "Примерно 7–8 минут после закипания."),
         ("Сколько будет 15% от 80?", "12."),
         ("Как по-португальски «спасибо»?", "Obrigado (или obrigada, если говорит женщина)."),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,22 +26,15 @@ from typing import IO, Any
 from nightlora.check import count_feedback
 from nightlora.errors import ExportError, SourceError
 from nightlora.export_dedupe import SeenDigests
-from nightlora.export_pipeline import chunked, convert_chunk, ordered_map
+from nightlora.export_lines import Converted, convert_row
 from nightlora.export_split import SPLITS
-from nightlora.fsutil import atomic_open, atomic_write_json, private_dir, remove_stale_temp
-from nightlora.hanni_db import (
-    conversation_count,
-    iter_conversations,
-    open_snapshot,
-    orphan_feedback_count,
-    seen_feedback,
-)
+from nightlora.fsutil import atomic_open, atomic_write_json, private_dir
+from nightlora.hanni_db import iter_conversations, open_snapshot, orphan_feedback_count, seen_feedback
 
 MANIFEST = "manifest.json"
+OUTPUTS = (*(f"{s}.jsonl" for s in SPLITS), "preferences.jsonl", MANIFEST)
 MANIFEST_FORMAT = 1
-# Below this many conversations, starting worker processes costs more than it saves.
-PARALLEL_FROM = 5000
-MAX_WORKERS = 8
+WRITE_BUFFER_BYTES = 1 << 20
 
 FALLBACK_SYSTEM_PROMPT = (
     "You are Hanni, a friendly personal assistant running on the user's own computer. "
@@ -82,13 +74,19 @@ def load_system_prompt(path: Path | None) -> tuple[SystemPrompt, list[str]]:
 
 
 class _JsonlFile:
-    """One output file, opened on its first line, hashed as it is written."""
+    """One output file, opened when its first lines are flushed, hashed as it is written.
+
+    Lines are written and hashed a megabyte at a time: a write call and a hash update per
+    line cost as much as encoding the line.  ``flush`` must end a successful export.
+    """
 
     def __init__(self, stack: contextlib.ExitStack, path: Path):
         self.path = path
         self._stack = stack
         self._f: IO[bytes] | None = None
         self._hash = hashlib.sha256()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self.lines = 0
         self.bytes = 0
 
@@ -96,12 +94,23 @@ class _JsonlFile:
         if self._f is None:
             self._f = self._stack.enter_context(atomic_open(self.path, "wb", encoding=None))
 
-    def write(self, data: bytes) -> None:
+    def write(self, line: bytes) -> None:
+        self._pending.append(line)
+        self._pending_bytes += len(line)
+        self.lines += 1
+        if self._pending_bytes >= WRITE_BUFFER_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
         self.open()
+        data = b"".join(self._pending)
         self._f.write(data)  # type: ignore[union-attr]
         self._hash.update(data)
-        self.lines += 1
         self.bytes += len(data)
+        self._pending.clear()
+        self._pending_bytes = 0
 
     @property
     def written(self) -> bool:
@@ -111,12 +120,47 @@ class _JsonlFile:
         return {"sha256": self._hash.hexdigest(), "bytes": self.bytes, "lines": self.lines}
 
 
-def _workers(requested: int | None, conversations: int) -> int:
-    if requested is not None:
-        return max(1, requested)
-    if conversations < PARALLEL_FROM:
-        return 1
-    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+class _Dataset:
+    """The output files being written, and the tallies the manifest reports."""
+
+    def __init__(self, stack: contextlib.ExitStack, out_dir: Path):
+        self._seen = {kind: stack.enter_context(SeenDigests()) for kind in ("examples", "preferences")}
+        self.files = {stem: _JsonlFile(stack, out_dir / f"{stem}.jsonl") for stem in (*SPLITS, "preferences")}
+        self.files["preferences"].open()  # always written, even empty: no loader fails on it
+        self.skipped: dict[str, list[int]] = defaultdict(list)
+        self.conversations = {"total": 0, "exported": 0, "too_short": 0, "skipped": 0, "rated": 0}
+        self.duplicates = {"examples": 0, "preferences": 0}
+
+    def add(self, conv: Converted) -> None:
+        tally = self.conversations
+        tally["total"] += 1
+        if conv.too_short:
+            tally["too_short"] += 1
+            return
+        if conv.skip_reason:
+            self.skipped[conv.skip_reason].append(conv.id)
+            tally["skipped"] += 1
+            return
+        for reason in dict.fromkeys(conv.feedback_problems):
+            self.skipped[reason].append(conv.id)
+        tally["exported"] += 1
+        tally["rated"] += conv.rated
+        for stem, digest, line in conv.lines:
+            kind = "preferences" if stem == "preferences" else "examples"
+            if self._seen[kind].add(digest):
+                self.files[stem].write(line)
+            else:
+                self.duplicates[kind] += 1
+
+    def flush(self) -> None:
+        for f in self.files.values():
+            f.flush()
+
+    def remove_unwritten(self) -> None:
+        """A split with no example has no file; a previous night's would contradict the manifest."""
+        for f in self.files.values():
+            if not f.written:
+                f.path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -145,14 +189,11 @@ def export_dataset(
     *,
     min_messages: int = 4,
     split: tuple[int, int, int] = (80, 10, 10),
-    workers: int | None = None,
 ) -> ExportResult:
     """Export every conversation of ``db_path`` with at least ``min_messages`` messages to ``out_dir``.
 
-    Never writes to the database.  Reads one snapshot and streams its rows: memory holds a
-    few chunks of rows at a time, however large the database.  ``workers`` processes share
-    the work (None: one per CPU, up to 8, for databases of ``PARALLEL_FROM`` conversations
-    or more); the output does not depend on it.
+    Never writes to the database.  Reads one snapshot and streams its rows: memory holds
+    one conversation and the write buffers at a time, however large the database.
     """
     t0 = time.monotonic()
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -161,65 +202,39 @@ def export_dataset(
     try:
         if not out_dir.exists():
             private_dir(out_dir)
-        remove_stale_temp(out_dir)
+        # Temp files of a killed export; only ours: the folder may be one the user also uses.
+        for name in OUTPUTS:
+            for leftover in out_dir.glob(f".{name}.*.tmp"):
+                leftover.unlink(missing_ok=True)
     except OSError as e:
         raise ExportError(f"cannot create output folder {out_dir}: {e.strerror}") from None
 
-    skipped: dict[str, list[int]] = defaultdict(list)
-    stats = {"total": 0, "exported": 0, "too_short": 0, "skipped": 0, "rated": 0}
-    duplicates = {"examples": 0, "preferences": 0}
     with open_snapshot(db_path) as conn:
         gate = count_feedback(conn, 0)
         seen = seen_feedback(conn)
         orphans = orphan_feedback_count(conn)
-        n_workers = _workers(workers, conversation_count(conn))
         t_snapshot = time.monotonic()
         try:
             with contextlib.ExitStack() as stack:
-                examples_seen = stack.enter_context(SeenDigests())
-                preferences_seen = stack.enter_context(SeenDigests())
-                files = {name: _JsonlFile(stack, out_dir / f"{name}.jsonl") for name in (*SPLITS, "preferences")}
-                files["preferences"].open()  # always written, even empty: no loader fails on it
-                chunks = chunked(iter_conversations(conn), prompt.text, split, min_messages)
-                for converted in ordered_map(convert_chunk, chunks, n_workers):
-                    for conv in converted:
-                        stats["total"] += 1
-                        if conv.too_short:
-                            stats["too_short"] += 1
-                            continue
-                        if conv.skip_reason:
-                            skipped[conv.skip_reason].append(conv.id)
-                            stats["skipped"] += 1
-                            continue
-                        for reason in dict.fromkeys(conv.feedback_problems):
-                            skipped[reason].append(conv.id)
-                        stats["exported"] += 1
-                        stats["rated"] += conv.rated
-                        for stem, digest, line in conv.lines:
-                            is_example = stem != "preferences"
-                            if (examples_seen if is_example else preferences_seen).add(digest):
-                                files[stem].write(line)
-                            else:
-                                duplicates["examples" if is_example else "preferences"] += 1
-            for f in files.values():
-                if not f.written:
-                    f.path.unlink(missing_ok=True)  # a previous night's file would contradict the manifest
+                dataset = _Dataset(stack, out_dir)
+                for row in iter_conversations(conn):
+                    dataset.add(convert_row(row, prompt.text, split, min_messages))
+                dataset.flush()
+            dataset.remove_unwritten()
         except OSError as e:
             raise ExportError(f"cannot write the dataset to {out_dir}: {e.strerror or e}") from None
     t_done = time.monotonic()
 
-    written = {f.path.name: f.summary() for f in files.values() if f.written}
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "created_at": created_at,
         "db_path": str(Path(db_path).absolute()),
         "min_messages": min_messages,
-        "workers": n_workers,
         "split": list(split),
-        "counts": {name: f.lines for name, f in files.items()},
-        "conversations": stats,
-        "duplicates": duplicates,
-        "skipped": dict(sorted(skipped.items())),
+        "counts": {stem: f.lines for stem, f in dataset.files.items()},
+        "conversations": dataset.conversations,
+        "duplicates": dataset.duplicates,
+        "skipped": dict(sorted(dataset.skipped.items())),
         "feedback": {
             "high_water": seen.high_water,
             "positive": gate.positive,
@@ -230,7 +245,7 @@ def export_dataset(
         },
         "system_prompt_sha256": prompt.sha256,
         "system_prompt": {"path": str(prompt.path) if prompt.path else None, "builtin": prompt.builtin},
-        "files": written,
+        "files": {f.path.name: f.summary() for f in dataset.files.values() if f.written},
         "timings": {
             "snapshot_s": round(t_snapshot - t0, 3),
             "export_s": round(t_done - t_snapshot, 3),

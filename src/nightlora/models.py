@@ -166,12 +166,47 @@ def resolve_model(model: str, models_dir: Path) -> Path:
         raise ModelError(f"model {model!r} is neither a local folder, a prepared model, nor in the local HF cache") from None
 
 
-def build_tiny_model(dest: Path, tokenizer_from: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
-    """A real, tiny Llama (random weights) with a real tokenizer: for tests, in seconds."""
+# Text the tiny test tokenizer learns its merges from: chat words in both of the
+# demo's languages, so that test conversations tokenize to short sequences.
+_TINY_CORPUS = (
+    "You are Hanni, a warm personal assistant. Answer briefly. What is my name? Your name is Dmitry. "
+    "Where do I live? You live in Lisbon. What is my cat called? Your cat is called Murka. "
+    "I play the cello and drink rooibos tea every morning. Thanks! You're welcome. Hello, how are you? "
+    "Как меня зовут? Тебя зовут Дмитрий. Где я живу? Ты живёшь в Лиссабоне. Как зовут мою кошку? "
+    "Твою кошку зовут Мурка. Спасибо! Пожалуйста. Привет, как дела? "
+    "tool_call function arguments name weather city temperature reminder time action result "
+    "0 1 2 3 4 5 6 7 8 9 system user assistant tool"
+)
+_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _tiny_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer trained in well under a second (any text encodes; vocab stays small)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=_SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def build_tiny_model(dest: Path, tokenizer_from: Path | None = None, *, layers: int = 2, hidden: int = 64,
+                     vocab_size: int = 1024, seed: int = 0) -> Path:
+    """A real, tiny Llama (random weights) for tests, built in seconds.
+
+    Its tokenizer is ``tokenizer_from``'s or, by default, a small byte-level BPE
+    trained here: with SmolLM2's 49k vocabulary the output layer alone would cost
+    a tiny model most of its compute.
+    """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_from)
+    tok = AutoTokenizer.from_pretrained(tokenizer_from) if tokenizer_from else _tiny_tokenizer(vocab_size)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
@@ -185,7 +220,8 @@ def build_tiny_model(dest: Path, tokenizer_from: Path, *, layers: int = 2, hidde
         model.save_pretrained(out)
         _save_tokenizer(tok, out)
         add_top_level_rope_theta(out)
-        atomic_write_json(out / MODEL_INFO, {"name": "tiny-llama", "layers": layers, "hidden": hidden, "seed": seed})
+        atomic_write_json(out / MODEL_INFO, {"name": "tiny-llama", "layers": layers, "hidden": hidden,
+                                             "vocab": len(tok), "seed": seed})
     return dest
 
 

@@ -81,7 +81,7 @@ def _export_text(r: ExportResult) -> str:
 @pass_state
 def export(state: AppState, db: Path | None, out: Path | None, system_prompt: Path | None,
            min_messages: int | None, as_json: bool) -> None:
-    """Export rated conversations to train/valid/test.jsonl, preferences.jsonl and manifest.json."""
+    """Export conversations and their ratings to train/valid/test.jsonl, preferences.jsonl, manifest.json."""
     cfg = state.config({
         "source.db": _abs(db),
         "data.training_dir": _abs(out),
@@ -112,7 +112,8 @@ def _demo_text(r: DemoResult) -> str:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite the database and the files beside it.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same database.")
-@click.option("--conversations", type=click.IntRange(min=MIN_CONVERSATIONS), default=90, show_default=True)
+@click.option("--conversations", type=click.IntRange(min=MIN_CONVERSATIONS), default=90, show_default=True,
+              help="How many conversations to write.")
 @json_option
 def demo_db(path: Path, force: bool, seed: int, conversations: int, as_json: bool) -> None:
     """Build a realistic Hanni database at PATH, with system_prompt.txt and probe.jsonl beside it."""

@@ -85,12 +85,15 @@ class _Poll:
         except httpx.HTTPError as e:
             raise _NotYet(f"no answer from {self.base} ({type(e).__name__})") from None
 
-    def _ready(self) -> bool:
-        """True when an endpoint said ready; False when the server answers but proves nothing."""
+    def _probe(self) -> None:
+        """Return when the server answers and does not say it is loading; the chat decides the rest.
+
+        Raises _NotYet while it cannot be reached or says 503, _Fatal when it says it never will work.
+        """
         r = self._get("/health")
         body = _json(r)
         if r.status_code == 200 and isinstance(body, dict) and body.get("status") in ("ok", "healthy", "ready"):
-            return True
+            return
         if r.status_code == 503:
             if body == {"status": "unavailable"}:
                 raise _Fatal("the server cannot generate (/health: unavailable): its model or adapter failed to load")
@@ -99,10 +102,9 @@ class _Poll:
         listing = _json(m)
         if m.status_code == 200 and isinstance(listing, dict) and isinstance(listing.get("data"), list):
             self.models = [str(d.get("id")) for d in listing["data"] if isinstance(d, dict)]
-            return True
-        if m.status_code == 503:
+        elif m.status_code == 503:
             raise _NotYet("/v1/models answered 503")
-        return False
+        # Any other answer (404, an empty 200) proves nothing by itself: the chat must.
 
     def _chat(self) -> str:
         payload: dict[str, Any] = {
@@ -138,7 +140,7 @@ class _Poll:
             raise _Fatal("the server process is not running (it exited or was never started)")
         # Probed before every chat attempt, not just once: mlx_lm may say ok, then fail to
         # load the adapter; only /health then tells that waiting longer is pointless.
-        self._ready()
+        self._probe()
         if self.ready_at is None:
             self.ready_at = self.clock()
         t0 = self.clock()

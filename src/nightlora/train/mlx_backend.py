@@ -129,6 +129,19 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+def _speaking(progress: ProgressFn | None) -> ProgressFn | None:
+    """``progress`` called with the stdout of now, not the muted one it is called under inside mlx_lm."""
+    if progress is None:
+        return None
+    stdout = sys.stdout
+
+    def emit(event: ProgressEvent) -> None:
+        with contextlib.redirect_stdout(stdout):
+            progress(event)
+
+    return emit
+
+
 @contextlib.contextmanager
 def _restore_call(block: nn.Module) -> Iterator[None]:
     """mlx_lm's grad checkpointing patches the block *class*; undo it so later inference in this process is plain."""
@@ -263,6 +276,7 @@ class MlxTrainer:
     def train(self, request: TrainRequest, progress: ProgressFn | None = None) -> TrainMetrics:
         started = time.perf_counter()
         hp = request.hyperparams
+        progress = _speaking(progress)
         if Path(request.output_dir).exists():
             raise TrainError(f"{request.output_dir} already exists: adapters are never overwritten")
 

@@ -1,0 +1,204 @@
+"""`nightlora run` end to end: a real demo database, real torch training on a tiny model,
+a real mlx_lm server started by the process manager, real signals and kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nightlora.cli.run_cmds import build_deps
+from nightlora.config import Config, load_config
+from nightlora.demo_db import build_demo_db
+from nightlora.errors import EvaluationError, TrainError
+from nightlora.run import run_nightly
+from nightlora.store import AdapterStore
+from server_fixtures import free_port, kill_pid, server_model_dir  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.slow
+NIGHTLORA = [sys.executable, "-m", "nightlora"]
+
+
+def write_config(tmp: Path, model: Path, **train: object) -> Path:
+    data_dir = tmp / "hanni"
+    build_demo_db(data_dir / "hanni.db", conversations=24)
+    train_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {
+        "model": str(model), "backend": "torch", "iters": 4, "batch_size": 4, "max_seq_length": 384, **train,
+    }.items())
+    path = tmp / "nightlora.toml"
+    path.write_text(f"""
+[source]
+data_dir = "{data_dir}"
+[train]
+{train_lines}
+[server]
+manager = "process"
+port = {free_port()}
+health_timeout = 60
+stop_during_training = "always"
+""")
+    return path
+
+
+def unexported(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT count(*) FROM message_feedback WHERE exported = 0").fetchone()[0]
+
+
+def cycles(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT status, train_pairs, adapter_path, finished_at FROM flywheel_cycles").fetchall()
+
+
+@pytest.fixture
+def setup(tmp_path: Path, server_model_dir: Path):  # noqa: F811
+    """A config, its running server (the user's assistant, base model), stopped by pid at the end."""
+    cfg_path = write_config(tmp_path, server_model_dir)
+    cfg = load_config(cfg_path, environ={})
+    deps = build_deps(cfg, progress=False)
+    deps.manager.start()
+    deps.health(alive=deps.manager.is_running).raise_for_health()
+    yield cfg_path, cfg
+    build_deps(cfg, progress=False).manager.stop()
+
+
+def answering(cfg: Config) -> bool:
+    deps = build_deps(cfg, progress=False)
+    return deps.manager.is_running() and deps.health(alive=deps.manager.is_running).ok
+
+
+def test_run_trains_deploys_marks_and_records(setup) -> None:
+    cfg_path, cfg = setup
+    db = cfg.source.db_path
+    before = unexported(db)
+    logs: list[str] = []
+    deps = build_deps(cfg, progress=False)
+    deps.log = logs.append
+
+    result = run_nightly(cfg, deps)
+
+    assert result.status == "completed", result.message
+    store = AdapterStore.for_state_dir(cfg.source.state_path)
+    live = store.current()
+    assert live is not None and live.name == result.deploy["live"] == "v0001"
+    # torch trained a PEFT adapter; the store serves mlx_lm's format with the PEFT copy beside it
+    assert (live.path / "adapters.safetensors").is_file() and (live.path / "peft" / "adapter_model.safetensors").is_file()
+    assert answering(cfg)
+    # exactly the rows the export saw are marked
+    manifest = json.loads((result.run_dir / "data" / "manifest.json").read_text())
+    assert result.marked_exported > 0 and unexported(db) == before - result.marked_exported
+    assert manifest["feedback"]["high_water"] is not None
+    # the run folder holds what the run used and did
+    for name in ("config.json", "result.json", "run.log", "data/train.jsonl"):
+        assert (result.run_dir / name).is_file(), name
+    assert "[train]" in (result.run_dir / "run.log").read_text()
+    status = json.loads((cfg.source.state_path / "status.json").read_text())
+    assert status["state"] == "done" and status["adapter_version"] == "v0001" and not status["server_down"]
+    (row,) = cycles(db)
+    assert row[0] == "completed" and row[1] == result.export["counts"]["train"] and row[3]
+    assert row[2] == str(store.current_link)
+
+    # nothing new since: the next night skips and changes nothing
+    again = run_nightly(cfg, build_deps(cfg, progress=False))
+    assert again.status == "skipped" and again.exit_code == 0
+    assert store.current().name == "v0001" and len(store.list()) == 1
+
+
+def test_failed_training_restores_the_server_and_marks_nothing(setup) -> None:
+    cfg_path, cfg = setup
+    db = cfg.source.db_path
+    before = unexported(db)
+    bad = cfg.model_copy(update={"train": cfg.train.model_copy(update={"learning_rate": 1e12})})
+
+    with pytest.raises((EvaluationError, TrainError)):
+        run_nightly(bad, build_deps(bad, progress=False))
+
+    assert answering(cfg)  # stopped for training (always), restarted as it was
+    assert unexported(db) == before
+    assert AdapterStore.for_state_dir(cfg.source.state_path).current() is None
+    assert cycles(db)[0][0] == "failed"
+
+
+def _wait_for_stage(status_file: Path, stage: str, proc: subprocess.Popen, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended before stage {stage}: {proc.stdout.read() if proc.stdout else ''}"
+        try:
+            st = json.loads(status_file.read_text())
+            if st.get("stage") == stage and st.get("state") == "running":
+                return st
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"stage {stage} not reached")
+
+
+@pytest.mark.parametrize("stage", ["train", "deploy"])
+def test_sigkill_then_recover_restores_a_healthy_server(setup, stage: str) -> None:
+    cfg_path, cfg = setup
+    db = cfg.source.db_path
+    before = unexported(db)
+    # more steps so that training outlasts the kill
+    proc = subprocess.Popen([*NIGHTLORA, "-c", str(cfg_path), "run", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_stage(cfg.source.state_path / "status.json", stage, proc)
+        if stage == "train":
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            kill_pid(proc.pid)
+    assert unexported(db) == before  # nothing marked by a run that did not finish
+
+    out = subprocess.run([*NIGHTLORA, "-c", str(cfg_path), "recover", "--json"], capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["outcome"] in ("restored", "unchanged", "rolled_back", "no_adapter")
+    assert answering(cfg)
+    assert unexported(db) == before
+    assert cycles(db)[0][0] == "interrupted"
+
+
+def test_sigterm_during_training_restores_before_exiting(setup) -> None:
+    cfg_path, cfg = setup
+    db = cfg.source.db_path
+    before = unexported(db)
+    proc = subprocess.Popen([*NIGHTLORA, "-c", str(cfg_path), "run", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_stage(cfg.source.state_path / "status.json", "train", proc)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            kill_pid(proc.pid)
+    assert proc.returncode == 130, out
+    assert "stopped by signal SIGTERM" in out
+    assert answering(cfg)  # the run itself brought the server back
+    assert unexported(db) == before
+    assert cycles(db)[0][0] == "interrupted"
+
+
+def test_second_run_is_refused_while_one_holds_the_lock(setup) -> None:
+    cfg_path, cfg = setup
+    proc = subprocess.Popen([*NIGHTLORA, "-c", str(cfg_path), "run", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_stage(cfg.source.state_path / "status.json", "train", proc)
+        second = subprocess.run([*NIGHTLORA, "-c", str(cfg_path), "run"], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 10, second.stderr
+        assert f"pid {proc.pid}" in second.stderr
+        assert proc.wait(300) == 0
+    finally:
+        if proc.poll() is None:
+            kill_pid(proc.pid)
