@@ -1,7 +1,7 @@
 """Training throughput and peak memory: nightlora's backends against what a user runs by hand.
 
     .venv/bin/python bench/train_throughput.py [--data DIR] [--model DIR] [--steps 3]
-        [--contenders torch,mlx,mlx_lm,peft] [--work DIR]
+        [--contenders torch,mlx,mlx_lm,peft] [--threads N] [--work DIR]
 
 Contenders, each in its own process so that its peak memory is its own:
 
@@ -21,6 +21,8 @@ tokens: the real tokens trained on (prompt and target, no padding), as the conte
 counts them (for mlx_lm: the sum over the train split, which its one epoch covers).
 tokens/s: tokens / training time (the steps only: not loading, not validation).
 peak MB: the process's peak resident memory (wait4). wall s: the whole process.
+--threads N sets OMP_NUM_THREADS for every contender: on cores busy with other work,
+torch's spinning OpenMP threads can make a step ten times slower.
 """
 
 from __future__ import annotations
@@ -88,13 +90,13 @@ def _wait(proc: subprocess.Popen) -> tuple[int, float]:
     return proc.returncode, usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def run_child(name: str, data: Path, model: Path, steps: int, work: Path) -> dict:
+def run_child(name: str, data: Path, model: Path, steps: int, work: Path, env: dict[str, str]) -> dict:
     result = work / f"{name}.json"
     argv = [sys.executable, __file__, "--run", name, "--data", str(data), "--model", str(model),
             "--steps", str(steps), "--work", str(work)]
     t0 = time.perf_counter()
     with open(work / f"{name}.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         code, peak = _wait(proc)
     wall = time.perf_counter() - t0
     if code != 0 or not result.is_file():
@@ -102,7 +104,7 @@ def run_child(name: str, data: Path, model: Path, steps: int, work: Path) -> dic
     return json.loads(result.read_text()) | {"peak_mb": peak, "wall_s": wall}
 
 
-def run_mlx_lm(data: Path, model: Path, steps: int, work: Path, train_tokens: int) -> dict:
+def run_mlx_lm(data: Path, model: Path, steps: int, work: Path, train_tokens: int, env: dict[str, str]) -> dict:
     """The original command as a user runs it; training time from the timestamps of its report lines."""
     from nightlora.models import num_layers
 
@@ -111,11 +113,11 @@ def run_mlx_lm(data: Path, model: Path, steps: int, work: Path, train_tokens: in
             "--iters", str(steps), "--learning-rate", str(LEARNING_RATE), "--grad-checkpoint", "--test",
             # 16 is mlx_lm's default; named for models with fewer blocks.
             "--num-layers", str(min(LAYERS, num_layers(model))), "--steps-per-report", "1"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     start = last = None
     val_s, done, lines = 0.0, 0, []
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env | {"PYTHONUNBUFFERED": "1"}) as proc:
         for raw in proc.stdout:
             now = time.perf_counter()
             line = ANSI.sub("", raw)
@@ -156,18 +158,20 @@ def main_parent(args: argparse.Namespace) -> None:
     source = args.data or export_demo(work)
     data = work / "bench-data"
     train_tokens = bench_dataset(source, data, args.model, args.steps)
+    env = dict(os.environ) | ({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})
     layers = min(LAYERS, num_layers(args.model))
     print(f"model {args.model} ({layers} of {num_layers(args.model)} blocks adapted), data {source}: "
-          f"{args.steps} shortest train chats, {train_tokens} tokens; work dir {work}", flush=True)
+          f"{args.steps} shortest train chats, {train_tokens} tokens; threads {args.threads or 'default'}; "
+          f"work dir {work}", flush=True)
     rows = []
     for name in args.contenders.split(","):
         if name not in CONTENDERS:
             sys.exit(f"unknown contender {name!r} (known: {', '.join(CONTENDERS)})")
         print(f"running {name} ...", flush=True)
         if name == "mlx_lm":
-            rows.append((name, run_mlx_lm(data, args.model, args.steps, work, train_tokens)))
+            rows.append((name, run_mlx_lm(data, args.model, args.steps, work, train_tokens, env)))
         else:
-            rows.append((name, run_child(name, data, args.model, args.steps, work)))
+            rows.append((name, run_child(name, data, args.model, args.steps, work, env)))
     print(table(rows))
 
 
@@ -256,6 +260,7 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=ROOT / ".cache" / "models" / "smollm2-135m")
     p.add_argument("--steps", type=int, default=3, help="training steps of batch 1 per contender (default 3)")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every contender (default: unset)")
     p.add_argument("--work", help="folder for the data, adapters and logs (default: a new temp folder)")
     p.add_argument("--run", choices=CONTENDERS, help=argparse.SUPPRESS)  # a child process: run one contender
     args = p.parse_args()

@@ -85,6 +85,13 @@ def tool_chats() -> list[dict]:
     ]
 
 
+def other_language_chats() -> list[dict]:
+    """Russian chats: training on the English persona helps them briefly at best (a validation set to overfit)."""
+    pairs = [("Как меня зовут?", "Тебя зовут Дмитрий."), ("Где я живу?", "Ты живёшь в Лиссабоне."),
+             ("Как зовут мою кошку?", "Твою кошку зовут Мурка."), ("Привет, как дела?", "Спасибо, хорошо!")]
+    return [chat(q, a) for q, a in pairs]
+
+
 def write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 

@@ -19,6 +19,7 @@ from nightlora.config import Config, load_config
 from nightlora.demo_db import build_demo_db
 from nightlora.errors import EvaluationError, TrainError
 from nightlora.run import run_nightly
+from nightlora.server.process import port_in_use
 from nightlora.store import AdapterStore
 from server_fixtures import free_port, kill_pid, server_model_dir  # noqa: F401  (fixtures)
 
@@ -26,9 +27,11 @@ pytestmark = pytest.mark.slow
 NIGHTLORA = [sys.executable, "-m", "nightlora"]
 
 
-def write_config(tmp: Path, model: Path, **train: object) -> Path:
+def write_config(tmp: Path, model: Path, probe: bool = False, **train: object) -> Path:
     data_dir = tmp / "hanni"
     build_demo_db(data_dir / "hanni.db", conversations=24)
+    if not probe:  # ten chat completions before and after training: only where a test looks at them
+        (data_dir / "probe.jsonl").unlink()
     train_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {
         "model": str(model), "backend": "torch", "iters": 4, "batch_size": 4, "max_seq_length": 384, **train,
     }.items())
@@ -58,15 +61,17 @@ def cycles(db: Path) -> list[tuple]:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, server_model_dir: Path):  # noqa: F811
+def setup(request: pytest.FixtureRequest, tmp_path: Path, server_model_dir: Path):  # noqa: F811
     """A config, its running server (the user's assistant, base model), stopped by pid at the end."""
-    cfg_path = write_config(tmp_path, server_model_dir)
+    cfg_path = write_config(tmp_path, server_model_dir, probe=getattr(request, "param", False))
     cfg = load_config(cfg_path, environ={})
     deps = build_deps(cfg, progress=False)
     deps.manager.start()
     deps.health(alive=deps.manager.is_running).raise_for_health()
     yield cfg_path, cfg
     build_deps(cfg, progress=False).manager.stop()
+    # every server a run started was recorded in the pid file: none is left behind
+    assert not port_in_use(cfg.server.host, cfg.server.port)
 
 
 def answering(cfg: Config) -> bool:
@@ -74,6 +79,7 @@ def answering(cfg: Config) -> bool:
     return deps.manager.is_running() and deps.health(alive=deps.manager.is_running).ok
 
 
+@pytest.mark.parametrize("setup", [True], indirect=True)
 def test_run_trains_deploys_marks_and_records(setup) -> None:
     cfg_path, cfg = setup
     db = cfg.source.db_path
@@ -104,6 +110,10 @@ def test_run_trains_deploys_marks_and_records(setup) -> None:
     (row,) = cycles(db)
     assert row[0] == "completed" and row[1] == result.export["counts"]["train"] and row[3]
     assert row[2] == str(store.current_link)
+    # the held-out probe was asked through the live server before and after
+    assert result.probe_before["total"] == result.probe_after["total"] == 10
+    assert len(result.probe_after["items"]) == 10 and all(i["reply"] for i in result.probe_after["items"])
+    assert store.current().eval_score == result.probe_after["score"]
 
     # nothing new since: the next night skips and changes nothing
     again = run_nightly(cfg, build_deps(cfg, progress=False))

@@ -9,6 +9,7 @@ import pytest
 
 from nightlora.cli import main
 from nightlora.errors import ModelError, TrainError
+from nightlora.train.select import make_trainer, resolve_backend
 from persona_data import write_dataset, write_persona_dataset
 
 
@@ -96,3 +97,16 @@ def test_errors_are_one_line_with_their_exit_code(home: Path, dataset: Path, tin
 
     code, err = fails(["train", "--data", str(dataset), "--model", str(tiny_model_dir), "--num-layers", "3"])
     assert code == TrainError.exit_code and "more than the model's 2 layers" in err
+
+
+def test_auto_backend_is_mlx_on_apple_silicon_only_and_names_are_checked(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("platform.system", lambda: "Darwin")
+    monkeypatch.setattr("platform.machine", lambda: "arm64")
+    assert resolve_backend("auto") == "mlx"
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    assert resolve_backend("auto") == "torch"
+    monkeypatch.setattr("platform.system", lambda: "Linux")
+    assert make_trainer("auto").name == "torch"
+    assert make_trainer("mlx").name == "mlx"
+    with pytest.raises(TrainError, match="unknown training backend 'jax'"):
+        make_trainer("jax")

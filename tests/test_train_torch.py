@@ -22,7 +22,7 @@ from nightlora.train.base import ADAPTER_META, HyperParams, ProgressEvent, Train
 from nightlora.train.splits import read_split
 from nightlora.train.torch_backend import TorchTrainer, target_loss_sum
 from nightlora.train.torch_data import IGNORE_INDEX, collate, encode_chat, encode_split, eval_batches, length_grouped_batches
-from persona_data import chat, write_dataset, write_persona_dataset
+from persona_data import other_language_chats, write_dataset, write_persona_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -116,16 +116,16 @@ def test_labels_and_loss_cover_the_target_tokens_only(tokenizer, tiny_model_dir:
 
 
 def test_training_lowers_validation_loss_and_writes_a_peft_adapter(tiny_model_dir, persona_dir, tokenizer, tmp_path):
-    hp = replace(TINY, iters=12, eval_every=6, grad_checkpoint=False)
+    hp = replace(TINY, iters=30, eval_every=10, grad_checkpoint=False)
     events: list[ProgressEvent] = []
     out = tmp_path / "adapter"
     m = train(tiny_model_dir, persona_dir, out, hp, events=events)
 
     first, last = m.valid_loss[0][1], m.valid_loss[-1][1]
-    assert [s for s, _ in m.valid_loss] == [0, 6, 12]
+    assert [s for s, _ in m.valid_loss] == [0, 10, 20, 30]
     assert last < first - 0.3, m.valid_loss
     assert m.test_loss is not None and m.test_loss < first
-    assert (m.iters_done, m.stopped_early, m.best_step) == (12, False, 12)
+    assert (m.iters_done, m.stopped_early, m.best_step) == (30, False, 30)
     assert m.tokens_per_second > 0 and m.peak_memory_mb > 0 and m.duration_s > 0
 
     # Every trained token counted once: replay the batch schedule.
@@ -145,7 +145,7 @@ def test_training_lowers_validation_loss_and_writes_a_peft_adapter(tiny_model_di
     assert adapter_loss(tiny_model_dir, out, persona_dir, "valid", tokenizer) == pytest.approx(last, rel=1e-4)
 
     steps = [e.step for e in events if e.train_loss is not None]
-    assert steps == list(range(1, 13))
+    assert steps == list(range(1, 31))
     assert [e.valid_loss for e in events if e.valid_loss is not None] == [loss for _, loss in m.valid_loss]
 
 
@@ -172,13 +172,10 @@ def test_training_continues_from_an_init_adapter(tiny_model_dir: Path, persona_d
 
 
 def test_early_stopping_keeps_the_best_weights(tiny_model_dir: Path, persona_dir: Path, tokenizer, tmp_path: Path):
-    # Validation asks the training questions but expects other questions' answers: the shared
-    # format first lowers its loss, then fitting the training answers raises it.
-    train_chats = [e for e in read_split(persona_dir, "train") if "tools" not in e][:8]
-    swapped = [chat(a["messages"][1]["content"], b["messages"][2]["content"])
-               for a, b in zip(train_chats, train_chats[3:] + train_chats[:3])]
-    dataset = write_dataset(tmp_path / "conflicting", train_chats, swapped, [])
-    hp = replace(TINY, iters=60, batch_size=2, learning_rate=2e-2, warmup_steps=0, eval_every=2,
+    # Validation in another language: fitting the English persona helps it briefly at best, then a
+    # high learning rate makes it wobble and worsen, so early stopping must fire and restore the best.
+    dataset = write_dataset(tmp_path / "diverging", read_split(persona_dir, "train"), other_language_chats(), [])
+    hp = replace(TINY, iters=80, batch_size=2, learning_rate=2e-2, warmup_steps=0, eval_every=2,
                  early_stopping_patience=3, grad_checkpoint=False)
     m = train(tiny_model_dir, dataset, tmp_path / "adapter", hp)
 

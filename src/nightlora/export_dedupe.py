@@ -16,7 +16,9 @@ CACHE_KIB = 2048
 
 
 def digest_of(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+    # SHA-256 rather than BLAKE2b: CPUs with SHA instructions (recent x86, Apple silicon)
+    # hash a typical 1 KB example two to three times faster with it.
+    return hashlib.sha256(data).digest()[:DIGEST_BYTES]
 
 
 class SeenDigests:

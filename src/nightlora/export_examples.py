@@ -127,10 +127,14 @@ def conversation_examples(
     system: Message = {"role": "system", "content": system_prompt}
     context: list[Message] = [system]
     calls_tools = False  # most conversations never call a tool: skip looking for calls then
+    # The tools of the last example, shared by the examples after it until the next call:
+    # rebuilding them for every example would cost time quadratic in the conversation.
+    tools: list[dict[str, Any]] | None = None
     for index, msg in enumerate(messages):
         if msg["role"] == "system":
             continue
-        calls_tools = calls_tools or "tool_calls" in msg
+        if "tool_calls" in msg:
+            calls_tools, tools = True, None
         if is_learnable(msg):
             rating = ratings.get(index)
             if rating == -1:
@@ -138,7 +142,9 @@ def conversation_examples(
             else:
                 example: dict[str, Any] = {"messages": [*context, msg]}
                 if calls_tools:
-                    example["tools"] = infer_tools(example["messages"])
+                    if tools is None:
+                        tools = infer_tools(example["messages"])
+                    example["tools"] = tools
                 example["meta"] = _meta(conversation_id, index, rating, split, msg)
                 result.examples.append(example)
         context.append(msg)

@@ -17,7 +17,7 @@ from typing import Any
 
 from nightlora.export_dedupe import digest_of
 from nightlora.export_examples import conversation_examples
-from nightlora.export_messages import BadConversation, Message, parse_messages
+from nightlora.export_messages import ROLES, BadConversation, Message, parse_messages
 from nightlora.export_split import split_of
 from nightlora.hanni_db import ConversationRow
 
@@ -29,6 +29,8 @@ _MESSAGE_LISTS = frozenset({"messages", "prompt", "chosen", "rejected"})
 
 # An example's meta, in the order export_examples builds it; other metas take the generic path.
 _EXAMPLE_META = ("conversation_id", "message_index", "rating", "source", "split", "tool_call")
+
+_ROLE_CONTENT = {role: f'{{"role":{encode_basestring(role)},"content":'.encode() for role in ROLES}
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Converted:
 
 def _message_json(m: Message) -> bytes:
     if len(m) == 2:  # {"role", "content"}, in that order: nearly every message
-        return f'{{"role":{encode_basestring(m["role"])},"content":{encode_basestring(m["content"])}}}'.encode()
+        return _ROLE_CONTENT[m["role"]] + encode_basestring(m["content"]).encode() + b"}"
     return _dumps(m).encode()
 
 
@@ -84,6 +86,9 @@ class _Encoder:
     def __init__(self) -> None:
         self._longest: list[Message] = []
         self._longest_json = b"["
+        # export_examples shares one tools list between the examples that have the same tools.
+        self._tools: list[dict[str, Any]] | None = None
+        self._tools_json = b""
 
     def _messages(self, messages: list[Message]) -> bytes:
         known = self._longest
@@ -95,18 +100,20 @@ class _Encoder:
             self._longest, self._longest_json = messages, head
         return head + b"]"
 
+    def _field(self, key: str, value: Any) -> bytes:
+        if key in _MESSAGE_LISTS and value is not None:
+            encoded = self._messages(value)
+        elif key == "tools":
+            if value is not self._tools:
+                self._tools, self._tools_json = value, _dumps(value).encode()
+            encoded = self._tools_json
+        else:
+            encoded = _dumps(value).encode()
+        return encode_basestring(key).encode() + b":" + encoded
+
     def line(self, record: dict[str, Any]) -> tuple[bytes, bytes]:
         """(digest of the record without its meta, the record as one JSON line)."""
-        fields = []
-        for key, value in record.items():
-            if key == "meta":
-                continue
-            if key in _MESSAGE_LISTS and value is not None:
-                encoded = self._messages(value)
-            else:
-                encoded = _dumps(value).encode()
-            fields.append(encode_basestring(key).encode() + b":" + encoded)
-        body = b"{" + b",".join(fields)
+        body = b"{" + b",".join([self._field(key, value) for key, value in record.items() if key != "meta"])
         return digest_of(body), body + b',"meta":' + _meta_json(record["meta"]) + b"}\n"
 
 

@@ -129,15 +129,12 @@ def prepare(state: AppState, name: str, wheel: Path | None, models_dir: Path | N
 @model_group.command("build-tiny")
 @click.argument("dest", type=_dir)
 @click.option("--tokenizer-from", type=_dir, default=None,
-              help="Model folder whose tokenizer to reuse (default: the configured train.model).")
-@pass_state
-def build_tiny(state: AppState, dest: Path, tokenizer_from: Path | None) -> None:
+              help="Model folder whose tokenizer to reuse (default: a small byte-level BPE built on the spot).")
+def build_tiny(dest: Path, tokenizer_from: Path | None) -> None:
     """Build a real 2-layer, width-64 Llama with random weights, for tests and dry runs."""
     if dest.exists():
         raise ModelError(f"{dest} already exists")
-    cfg = state.config()
-    source = tokenizer_from or models.resolve_model(cfg.train.model, cfg.train.models_dir)
-    click.echo(str(models.build_tiny_model(dest, source)))
+    click.echo(str(models.build_tiny_model(dest, tokenizer_from)))
 
 
 COMMANDS: list[click.Command] = [train, model_group]

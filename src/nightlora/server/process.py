@@ -237,4 +237,15 @@ class ProcessManager:
         if self._child is not None and self._child.pid == rec.pid:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._child.wait(timeout=1)
+        self._wait_port_free(10.0)
         self.pid_file.unlink(missing_ok=True)
+
+    def _wait_port_free(self, timeout: float) -> None:
+        """A multi-threaded server's leader turns zombie before its other threads have closed
+        the listening socket; a restart right away would find the port taken."""
+        deadline = time.monotonic() + timeout
+        while port_in_use(self.command.host, self.command.port, timeout=0.2):
+            if time.monotonic() >= deadline:
+                raise ServerError(f"port {self.command.port} is still in use after the server (pid file "
+                                  f"{self.pid_file}) exited")
+            self.sleep(0.05)

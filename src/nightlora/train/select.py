@@ -11,7 +11,7 @@ BACKENDS = ("auto", "mlx", "torch")
 
 
 def resolve_backend(backend: str) -> str:
-    """"auto" becomes the backend that runs best here; "mlx" or "torch" stay as they are."""
+    """The backend's name: "auto" becomes the one that runs best on this machine."""
     if backend not in BACKENDS:
         raise TrainError(f"unknown training backend {backend!r} (known: {', '.join(BACKENDS)})")
     if backend != "auto":

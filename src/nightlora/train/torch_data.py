@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100  # the label torch's cross_entropy skips
 # Examples per length-sorting window, in global batches (transformers' LengthGroupedSampler uses 50).
@@ -53,7 +54,7 @@ class Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
 
-def encode_chat(tokenizer, example: dict) -> Encoded:
+def encode_chat(tokenizer: PreTrainedTokenizerBase, example: dict) -> Encoded:
     """The chat's tokens and where its target starts, exactly as mlx_lm's ChatDataset(mask_prompt=True)."""
     messages = example["messages"]
     tools = example.get("tools")
@@ -64,7 +65,7 @@ def encode_chat(tokenizer, example: dict) -> Encoded:
     return Encoded(tokens, len(prompt))
 
 
-def encode_split(tokenizer, examples: Sequence[dict], max_seq_length: int) -> tuple[list[Encoded], int]:
+def encode_split(tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict], max_seq_length: int) -> tuple[list[Encoded], int]:
     """Encode and truncate like mlx_lm (keep the first max_seq_length tokens).
 
     Returns the encoded chats and how many were dropped because truncation left no target.
