@@ -30,7 +30,7 @@ from persona_data import HELD_OUT, write_persona_dataset
 pytestmark = pytest.mark.slow
 
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# Both frameworks compute in fp32; their logits differ by float rounding only (measured ~1e-6).
+# Both frameworks compute in fp32; their logits differ by float rounding only (measured <= 3e-7).
 LOGIT_TOL = 1e-4
 # An adapter that matters moves the logits by far more than that.
 ADAPTER_EFFECT = 0.1
@@ -163,7 +163,9 @@ def test_trained_adapters_choose_the_same_next_tokens_in_both_frameworks(tiny_mo
         # The next token after each held-out prompt, and the choice at every position of it.
         assert [t.argmax(-1).tolist() for t in in_torch] == [m.argmax(-1).tolist() for m in in_mlx]
         assert max(np.abs(t - m).max() for t, m in zip(in_torch, in_mlx)) <= LOGIT_TOL
-        assert max(np.abs(t - b).max() for t, b in zip(in_torch, base)) >= ADAPTER_EFFECT / 10
+        assert max(np.abs(t - b).max() for t, b in zip(in_torch, base)) >= ADAPTER_EFFECT
+        # ...and the choices are the adapter's: many differ from the base model's.
+        assert sum(int((t.argmax(-1) != b.argmax(-1)).sum()) for t, b in zip(in_torch, base)) > 10
 
     meta = read_adapter_meta(tmp_path / "torch-as-mlx")
     assert meta["metrics"]["adapter_format"] == "mlx"

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nightlora.errors import TrainError
 from nightlora.train.base import ADAPTER_META, HyperParams, ProgressEvent, TrainMetrics, TrainRequest, read_adapter_meta
+from nightlora.train.convert import mlx_to_peft
 from nightlora.train.mlx_backend import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MlxTrainer
 from nightlora.train.mlx_data import encode_split, target_loss
 from nightlora.train.splits import read_split
@@ -31,7 +32,7 @@ from persona_data import other_language_chats, write_dataset, write_persona_data
 
 pytestmark = pytest.mark.slow
 
-# A high learning rate moves a random-weight 2-layer model within a dozen steps.
+# A high learning rate moves a random-weight 2-layer model within 30 steps.
 HP = HyperParams(
     iters=30, batch_size=2, learning_rate=1e-2, warmup_steps=2, lora_rank=8, lora_alpha=16.0, lora_dropout=0.0,
     num_layers=2, max_seq_length=512, grad_checkpoint=True, eval_every=10, early_stopping_patience=0, seed=0,
@@ -144,6 +145,11 @@ def test_training_continues_from_an_init_adapter(run, tiny_model_dir: Path, pers
     assert m.test_loss is None
     cfg = json.loads((tmp_path / "next" / ADAPTER_CONFIG).read_text())
     assert (cfg["batch_size"], cfg["resume_adapter_file"]) == (3, str(first_dir / ADAPTER_WEIGHTS))
+
+    # A PEFT adapter (the torch backend's format) is converted and continued the same way.
+    peft_dir = mlx_to_peft(first_dir, tmp_path / "as-peft", tiny_model_dir)
+    from_peft = train(tiny_model_dir, small, tmp_path / "from-peft", replace(HP, iters=1, eval_every=1), peft_dir)
+    assert from_peft.valid_loss[0][1] == pytest.approx(m.valid_loss[0][1], rel=1e-5)
 
     with pytest.raises(TrainError, match="has rank 8, scale 2.0, 2 layers; the hyperparameters ask for rank 4"):
         train(tiny_model_dir, small, tmp_path / "other", replace(HP, lora_rank=4, lora_alpha=8.0), first_dir)
