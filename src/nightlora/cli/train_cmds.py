@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
+from nightlora import models
 from nightlora.cli.common import AppState, emit, info, json_option, pass_state
 from nightlora.config import Config
-from nightlora import models
 from nightlora.errors import ModelError, TrainError
 from nightlora.fsutil import private_dir, remove_stale_temp
 from nightlora.train.base import TrainRequest, read_adapter_meta
 from nightlora.train.hyperparams import choose_hyperparams, format_hyperparams
+from nightlora.train.progress import TqdmProgress
 from nightlora.train.select import BACKENDS, make_trainer, resolve_backend
 from nightlora.train.splits import read_splits
 
@@ -83,8 +84,6 @@ def train(state: AppState, data: Path | None, model: str | None, out: Path | Non
          f"from {dataset}\nbase model {model_dir}\nhyperparameters:\n{format_hyperparams(hp)}")
     trainer = make_trainer(name)
     _quiet_library_bars()
-    from nightlora.train.progress import TqdmProgress
-
     with TqdmProgress(total=hp.iters) as bar:
         trainer.train(TrainRequest(dataset, model_dir, out, hp, init_adapter), bar)
     record = {"adapter_dir": str(out), **(read_adapter_meta(out) or {})}
@@ -92,11 +91,9 @@ def train(state: AppState, data: Path | None, model: str | None, out: Path | Non
 
 
 def _quiet_library_bars() -> None:
-    """transformers draws its own bars when loading and saving weights; ours is the one that matters."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # the mlx backend runs without transformers' model code
-        return
+    """transformers (used by both backends, mlx_lm included) draws bars when loading weights; ours is the one that matters."""
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()
 
 

@@ -27,10 +27,11 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from torch import nn
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+from transformers.utils import logging as hf_logging
 
 from nightlora.errors import NightloraError, TrainError
 from nightlora.fsutil import atomic_dir
@@ -43,6 +44,7 @@ from nightlora.train.base import (
     manifest_sha256,
     write_adapter_meta,
 )
+from nightlora.train.progress import TqdmProgress
 from nightlora.train.splits import read_splits
 from nightlora.train.torch_data import (
     IGNORE_INDEX,
@@ -279,11 +281,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train and print the metrics as JSON (main process); errors as one line, with TrainError's exit code."""
-    from accelerate import PartialState
-
-    from nightlora.train.progress import TqdmProgress
-
     args = _parse_args(argv)
+    hf_logging.disable_progress_bar()  # weight-loading bars, once per process; ours shows the training
     try:
         hp = HyperParams(**json.loads(args.hyperparams.read_text()))
     except (OSError, json.JSONDecodeError, TypeError) as e:
