@@ -12,10 +12,11 @@ as a subprocess, because:
 - the memory isolation a subprocess would give is already there: ``nightlora train``
   is its own process each night and releases everything when it exits.
 
-What differs from the CLI on purpose: validation is ours (after each ``eval_every``
-steps and after the last one, on the whole valid split), the learning rate warms up
-and decays on a cosine, the loss mask ends at the last real token (see mlx_data), and
-batches are grouped by length. The adapter folder is what ``mlx_lm lora`` writes
+What differs from the CLI on purpose: validation is ours (before the first step, after
+every ``eval_every`` steps and after the last one, on the whole valid split) and the
+adapter keeps the best-validated weights; the learning rate warms up and decays on a
+cosine; the loss mask ends at the last real token and batches are grouped by length
+(see mlx_data). The optimizer is the CLI's (Adam, no gradient clipping). The adapter folder is what ``mlx_lm lora`` writes
 (``adapters.safetensors`` + its ``adapter_config.json``), plus ``nightlora.json``.
 """
 
@@ -25,7 +26,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import resource
 import sys
 import tempfile
@@ -39,6 +39,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
+from mlx_lm.cli_ui import make_console
 from mlx_lm.lora import CONFIG_DEFAULTS
 from mlx_lm.tuner.callbacks import TrainingCallback
 from mlx_lm.tuner.trainer import TrainingArgs, evaluate, train
@@ -124,22 +125,18 @@ def _peak_memory_mb() -> float:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """mlx_lm prints rich tables and bars on stdout; progress reaches the caller as ProgressEvents instead."""
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+    """Mute the rich console mlx_lm's trainer draws its tables and bars on (its only output here).
+
+    Progress reaches the caller as ProgressEvents instead. Muting that console rather than
+    redirecting sys.stdout leaves the caller's own printing alone.
+    """
+    console = make_console()
+    was = console.quiet
+    console.quiet = True
+    try:
         yield
-
-
-def _speaking(progress: ProgressFn | None) -> ProgressFn | None:
-    """``progress`` called with the stdout of now, not the muted one it is called under inside mlx_lm."""
-    if progress is None:
-        return None
-    stdout = sys.stdout
-
-    def emit(event: ProgressEvent) -> None:
-        with contextlib.redirect_stdout(stdout):
-            progress(event)
-
-    return emit
+    finally:
+        console.quiet = was
 
 
 @contextlib.contextmanager
@@ -276,7 +273,6 @@ class MlxTrainer:
     def train(self, request: TrainRequest, progress: ProgressFn | None = None) -> TrainMetrics:
         started = time.perf_counter()
         hp = request.hyperparams
-        progress = _speaking(progress)
         if Path(request.output_dir).exists():
             raise TrainError(f"{request.output_dir} already exists: adapters are never overwritten")
 
@@ -286,8 +282,7 @@ class MlxTrainer:
 
         splits = read_splits(request.dataset_dir)
         try:
-            with _quiet():
-                model, tokenizer = load(str(request.base_model))
+            model, tokenizer = load(str(request.base_model))
         except (OSError, ValueError) as e:
             raise ModelError(f"mlx_lm cannot load {request.base_model}: {e}") from None
         if not 1 <= hp.num_layers <= len(model.layers):
