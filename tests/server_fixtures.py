@@ -1,9 +1,8 @@
 """Fixtures for the server, deploy and store tests: a tiny real model, real adapters, real servers.
 
-The model is the session's ``tiny_model_dir`` (conftest), or without it a
-2-layer, width-64 Llama with a small byte-level BPE tokenizer built here; either
-way patched so that its greedy replies are never empty (see ``never_blank``).  Adapters are made with mlx_lm's own
-LoRA code and saved the way ``mlx_lm lora`` saves them.
+The model is the session's ``tiny_model_dir`` (conftest), patched so that its greedy
+replies are never empty (see ``never_blank``). Adapters are made with mlx_lm's own LoRA
+code and saved the way ``mlx_lm lora`` saves them. conftest loads this module as a plugin.
 """
 
 from __future__ import annotations
@@ -22,54 +21,6 @@ from typing import Iterator, Mapping, Sequence
 import pytest
 
 from nightlora.runner import CommandResult
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-_CORPUS = [
-    "Hello! How can I help you today? I am a small local assistant.",
-    "The quick brown fox jumps over the lazy dog while the cat sleeps.",
-    "Reply with one short greeting. Good morning, good evening, good night.",
-    "Numbers 0 1 2 3 4 5 6 7 8 9 and words: adapter, server, model, health.",
-] * 20
-
-
-def build_tiny_model(out: Path, seed: int = 0) -> Path:
-    """A real (random-weight) Llama that mlx_lm loads and serves: 2 layers, width 64."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.models import llama
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(out))
-
-    config = {
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-        "rms_norm_eps": 1e-5, "vocab_size": tok.get_vocab_size(), "max_position_embeddings": 512,
-        "rope_theta": 10000.0, "tie_word_embeddings": True, "torch_dtype": "float32",
-        "bos_token_id": tok.token_to_id("<|im_start|>"), "eos_token_id": tok.token_to_id("<|im_end|>"),
-    }
-    mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs.from_dict(config))
-    mx.eval(model.parameters())
-    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    return out
 
 
 def never_blank(model_dir: Path, out: Path) -> Path:
@@ -264,29 +215,16 @@ FAKE_SERVER = textwrap.dedent(
 )
 
 
-# Test modules import these fixtures by name, which gives each module its own copy of a
-# session fixture; this cache makes them share one model and one adapter all the same.
-_SESSION: dict[str, Path] = {}
-
-
 @pytest.fixture(scope="session")
-def server_model_dir(request, tmp_path_factory) -> Path:
-    """The tiny model the test servers load: conftest's ``tiny_model_dir`` when there is one."""
-    if "model" not in _SESSION:
-        try:
-            tiny = Path(request.getfixturevalue("tiny_model_dir"))
-        except pytest.FixtureLookupError:
-            tiny = build_tiny_model(tmp_path_factory.mktemp("own-tiny-model") / "tiny")
-        _SESSION["model"] = never_blank(tiny, tmp_path_factory.mktemp("served-model") / "tiny")
-    return _SESSION["model"]
+def server_model_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    """The tiny model the test servers load: conftest's, patched so that it always says something."""
+    return never_blank(tiny_model_dir, tmp_path_factory.mktemp("served-model") / "tiny")
 
 
 @pytest.fixture(scope="session")
 def adapter_template(server_model_dir, tmp_path_factory) -> Path:
     """One real adapter per session; tests copy it (the store consumes what it adds)."""
-    if "adapter" not in _SESSION:
-        _SESSION["adapter"] = build_adapter(server_model_dir, tmp_path_factory.mktemp("adapter") / "adapter")
-    return _SESSION["adapter"]
+    return build_adapter(server_model_dir, tmp_path_factory.mktemp("adapter") / "adapter")
 
 
 @pytest.fixture

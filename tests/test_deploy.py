@@ -14,9 +14,7 @@ from nightlora.server.command import ServerCommand
 from nightlora.server.process import ProcessManager
 from nightlora.server.unmanaged import UnmanagedServer
 from nightlora.store import AdapterStore
-from server_fixtures import (  # noqa: F401  (fixtures)
-    adapter_template, corrupt_adapter, fake_server_script, free_port, kill_pid, make_adapter, server_model_dir,
-)
+from server_fixtures import corrupt_adapter, free_port, kill_pid
 pytestmark = pytest.mark.slow
 
 MLX_SERVER = ("{python}", "-m", "mlx_lm", "server", "--model", "{model}", "--adapter-path", "{adapter}",

@@ -186,6 +186,7 @@ def test_export_of_random_databases(convs: list[tuple[Any, Any]], data: st.DataO
             assert len(lines) == result.counts[split]
             for line in lines:
                 record = json.loads(line)
+                assert line == json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
                 assert record["messages"][-1]["role"] == "assistant"
                 assert split_of(record["meta"]["conversation_id"]) == split == record["meta"]["split"]
                 body = json.dumps({k: v for k, v in record.items() if k != "meta"}, sort_keys=True)

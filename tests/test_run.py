@@ -4,7 +4,6 @@ a real mlx_lm server started by the process manager, real signals and kills."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +20,7 @@ from nightlora.errors import EvaluationError, TrainError
 from nightlora.run import run_nightly
 from nightlora.server.process import port_in_use
 from nightlora.store import AdapterStore
-from server_fixtures import free_port, kill_pid, server_model_dir  # noqa: F401  (fixtures)
+from server_fixtures import free_port, kill_pid
 
 pytestmark = pytest.mark.slow
 NIGHTLORA = [sys.executable, "-m", "nightlora"]
@@ -61,7 +60,7 @@ def cycles(db: Path) -> list[tuple]:
 
 
 @pytest.fixture
-def setup(request: pytest.FixtureRequest, tmp_path: Path, server_model_dir: Path):  # noqa: F811
+def setup(request: pytest.FixtureRequest, tmp_path: Path, server_model_dir: Path):
     """A config, its running server (the user's assistant, base model), stopped by pid at the end."""
     cfg_path = write_config(tmp_path, server_model_dir, probe=getattr(request, "param", False))
     cfg = load_config(cfg_path, environ={})
@@ -96,6 +95,7 @@ def test_run_trains_deploys_marks_and_records(setup) -> None:
     assert live is not None and live.name == result.deploy["live"] == "v0001"
     # torch trained a PEFT adapter; the store serves mlx_lm's format with the PEFT copy beside it
     assert (live.path / "adapters.safetensors").is_file() and (live.path / "peft" / "adapter_model.safetensors").is_file()
+    assert json.loads((live.path / "nightlora.json").read_text())["converted_from"] == {"format": "peft", "path": "peft"}
     assert answering(cfg)
     # exactly the rows the export saw are marked
     manifest = json.loads((result.run_dir / "data" / "manifest.json").read_text())

@@ -30,14 +30,7 @@ from typing import Any, Callable, Iterator
 from nightlora.check import FeedbackCounts, feedback_counts
 from nightlora.config import Config
 from nightlora.deploy import DeployResult, Health, Outcome, deploy, restore
-from nightlora.downtime import (
-    DowntimeDecision,
-    MemoryInfo,
-    decide_downtime,
-    estimate_training_bytes,
-    model_shape,
-    weights_bytes,
-)
+from nightlora.downtime import MemoryInfo, plan_downtime
 from nightlora.errors import Interrupted, NightloraError, ServerError
 from nightlora.evaluate import ProbeResult, check_promotable, probe, read_probe
 from nightlora.export import ExportResult, export_dataset
@@ -50,7 +43,7 @@ from nightlora.record import HanniCycles, RunRecorder, StateDB
 from nightlora.server.base import ServerManager
 from nightlora.status_file import StatusWriter
 from nightlora.store import AdapterStore
-from nightlora.train.base import HyperParams, ProgressFn, TrainMetrics, TrainRequest, Trainer
+from nightlora.train.base import ADAPTER_META, ProgressFn, TrainMetrics, TrainRequest, Trainer
 from nightlora.train.hyperparams import choose_hyperparams
 
 PROBE_FILE = "probe.jsonl"
@@ -178,15 +171,6 @@ def _measure_probe(deps: RunDeps, items: list[dict] | None) -> ProbeResult | Non
         return None
 
 
-def _decide_downtime(cfg: Config, model_dir: Path, hp: HyperParams, deps: RunDeps) -> DowntimeDecision:
-    training = estimate_training_bytes(
-        model_shape(model_dir), batch_size=hp.batch_size, seq_len=hp.max_seq_length,
-        lora_rank=hp.lora_rank, lora_layers=hp.num_layers, grad_checkpoint=hp.grad_checkpoint,
-    )
-    return decide_downtime(cfg.server.stop_during_training, served_bytes=weights_bytes(model_dir),
-                           training_bytes=training, memory=deps.read_memory())
-
-
 def _servable_adapter(metrics: TrainMetrics, adapter: Path, base_model: Path, run_dir: Path) -> Path:
     """The store serves mlx_lm's format; a PEFT adapter is converted and kept beside it in peft/."""
     if metrics.adapter_format == "mlx":
@@ -195,6 +179,10 @@ def _servable_adapter(metrics: TrainMetrics, adapter: Path, base_model: Path, ru
 
     served = peft_to_mlx(adapter, run_dir / "adapter-mlx", base_model)
     shutil.move(str(adapter), str(served / "peft"))
+    meta_path = served / ADAPTER_META
+    meta = json.loads(meta_path.read_text())
+    meta["converted_from"]["path"] = "peft"  # where the PEFT original now lives, inside the version
+    atomic_write_json(meta_path, meta)
     return served
 
 
@@ -277,7 +265,11 @@ def _cycle(cfg: Config, deps: RunDeps, result: RunResult, stage: _Stages, *, for
     model_dir = resolve_model(cfg.train.model, cfg.train.models_dir)
     hp = choose_hyperparams(cfg.train, exported.counts["train"], exported.counts.get("valid", 0), num_layers(model_dir))
     result.hyperparams = hp.to_dict()
-    decision = _decide_downtime(cfg, model_dir, hp, deps)
+    decision = plan_downtime(
+        cfg.server.stop_during_training, model_dir, batch_size=hp.batch_size, seq_len=hp.max_seq_length,
+        lora_rank=hp.lora_rank, lora_layers=hp.num_layers, grad_checkpoint=hp.grad_checkpoint,
+        memory_reader=deps.read_memory,
+    )
     result.downtime = {"stop": decision.stop, "reason": decision.reason}
     deps.log(f"server during training: {'stopped' if decision.stop else 'kept serving'} ({decision.reason})")
 

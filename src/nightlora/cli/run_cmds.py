@@ -31,17 +31,15 @@ def build_deps(cfg: Config, *, progress: bool = True) -> RunDeps:
     runner = SubprocessRunner()
     health = HealthCheck.from_config(cfg)
     system = _system_prompt(cfg)
-    progress_fn = None
-    if progress:
+    bars: dict[str, Any] = {}
+
+    def show_progress(event: Any) -> None:
         from nightlora.train.progress import TqdmProgress
 
-        bars: dict[str, TqdmProgress] = {}
-
-        def progress_fn(event: Any) -> None:
-            bar = bars.get("train") or bars.setdefault("train", TqdmProgress(event.total))
-            bar(event)
-            if event.step >= event.total:
-                bars.pop("train").close()
+        bar = bars.get("train") or bars.setdefault("train", TqdmProgress(event.total))
+        bar(event)
+        if event.step >= event.total:
+            bars.pop("train").close()
 
     return RunDeps(
         manager=make_manager(cfg, runner, model=served_model(cfg)),
@@ -50,7 +48,7 @@ def build_deps(cfg: Config, *, progress: bool = True) -> RunDeps:
         notifier=make_notifier(runner),
         read_memory=lambda: read_memory(runner),
         chat=lambda q: ask(health.base_url, q, system=system),
-        progress=progress_fn,
+        progress=show_progress if progress else None,
         log=info,
     )
 
