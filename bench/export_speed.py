@@ -4,9 +4,9 @@
 
 Builds (or reuses, in --dir) databases of random conversations in both message formats,
 with tool calls, action blocks, ratings and a few malformed rows, then exports each one
-in a fresh process, in one process and with one worker process per CPU, and prints
-conversations/s and peak memory.  The small database shows that peak memory does not
-grow with the number of conversations.
+in a fresh process and prints conversations/s, CPU time (wall time alone misleads on a
+busy machine) and peak memory.  The small database shows that peak memory does not grow
+with the number of conversations.
 """
 
 from __future__ import annotations
@@ -109,29 +109,35 @@ def _mib(kib: int) -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20  # macOS reports bytes
 
 
-def measure(db: Path, out: Path, workers: int) -> dict[str, Any]:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(db: Path, out: Path) -> dict[str, Any]:
     """Run in a fresh process: one export, its time and peak memory."""
     from nightlora.export import export_dataset
 
     before = _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    t0 = time.perf_counter()
-    result = export_dataset(db, out, None, min_messages=2, workers=workers)
-    seconds = time.perf_counter() - t0
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    result = export_dataset(db, out, None, min_messages=2)
+    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     return {
         "conversations": result.manifest["conversations"]["total"],
         "examples": sum(result.counts[s] for s in ("train", "valid", "test")),
         "mib_written": sum(f["bytes"] for f in result.manifest["files"].values()) / 2**20,
-        "workers": result.manifest["workers"],
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "rss_before_mib": before,
         "rss_peak_mib": _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
-        "worker_rss_peak_mib": _mib(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss),
     }
 
 
-def _run_child(db: Path, out: Path, workers: int) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--measure", str(db), str(out), str(workers)]
-    return json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
+def _run_child(*args: Any) -> str:
+    # Building a database in this process would raise the peak RSS the child reports: Linux
+    # carries a process's peak over to the program it starts.
+    argv = [sys.executable, __file__, *map(str, args)]
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
 def main() -> None:
@@ -139,11 +145,16 @@ def main() -> None:
     ap.add_argument("--conversations", type=int, default=100_000)
     ap.add_argument("--small", type=int, default=10_000, help="the size to compare peak memory with")
     ap.add_argument("--dir", type=Path, default=None, help="keep (and reuse) the databases here")
-    ap.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        db, out, workers = args.measure
-        print(json.dumps(measure(Path(db), Path(out), int(workers))))
+        db, out = args.measure
+        print(json.dumps(measure(Path(db), Path(out))))
+        return
+    if args.build:
+        db, n = args.build
+        build_db(Path(db), int(n))
         return
 
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -154,18 +165,16 @@ def main() -> None:
             db = work / f"hanni-{n}.db"
             if not db.exists():
                 t0 = time.perf_counter()
-                build_db(db, n)
+                _run_child("--build", db, n)
                 print(f"built {db.name}: {n} conversations in {time.perf_counter() - t0:.1f} s", flush=True)
-            for workers in sorted({1, os.cpu_count() or 1}):
-                r = _run_child(db, work / f"export-{n}", workers)
-                print(
-                    f"{r['conversations']:>7} conversations, {r['workers']} worker(s): {r['seconds']:.1f} s, "
-                    f"{r['conversations'] / r['seconds']:,.0f} conversations/s "
-                    f"({r['examples']:,} examples, {r['mib_written']:.0f} MiB written); "
-                    f"peak RSS {r['rss_peak_mib']:.1f} MiB ({r['rss_before_mib']:.1f} before the export)"
-                    + (f", each worker {r['worker_rss_peak_mib']:.1f} MiB at most" if r["workers"] > 1 else ""),
-                    flush=True,
-                )
+            r = json.loads(_run_child("--measure", db, work / f"export-{n}"))
+            print(
+                f"{r['conversations']:>7} conversations: {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s CPU), "
+                f"{r['conversations'] / r['seconds']:,.0f} conversations/s "
+                f"({r['examples']:,} examples, {r['mib_written']:.0f} MiB written); "
+                f"peak RSS {r['rss_peak_mib']:.1f} MiB ({r['rss_before_mib']:.1f} before the export)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

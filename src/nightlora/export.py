@@ -77,7 +77,7 @@ class _JsonlFile:
     """One output file, opened when its first lines are flushed, hashed as it is written.
 
     Lines are written and hashed a megabyte at a time: a write call and a hash update per
-    line cost as much as encoding the line.  ``flush`` must end a successful export.
+    line took twice as long.  ``flush`` must end a successful export.
     """
 
     def __init__(self, stack: contextlib.ExitStack, path: Path):

@@ -1,9 +1,9 @@
 """One stored conversation -> the JSON lines it adds to the dataset.
 
 Every line is byte-identical to ``json.dumps(record, ensure_ascii=False,
-separators=(",", ":")) + "\\n"`` (tests/test_export_lines.py holds it to that).  Encoding
-is the largest part of an export, so lines are written with orjson, which writes strings,
-integers, booleans, null, lists and objects exactly as json.dumps does and several times
+separators=(",", ":")) + "\\n"`` (tests/test_export_lines.py holds it to that).  json was
+the largest cost of an export, so lines are written with orjson, which writes strings,
+integers, booleans, null, lists and objects exactly as json.dumps does, several times
 faster.  Floats it writes differently (``1e-7`` for ``1e-07``, ``null`` for ``NaN``), and
 the only place a record can hold one is a tool call's ``arguments`` stored as an object:
 such records, and anything else orjson refuses (integers beyond 64 bits), go through json.

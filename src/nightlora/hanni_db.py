@@ -190,10 +190,6 @@ def iter_conversations(conn: sqlite3.Connection) -> Iterator[ConversationRow]:
         yield ConversationRow(cid, raw, ratings, bool(rated))
 
 
-def conversation_count(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
-
-
 def orphan_feedback_count(conn: sqlite3.Connection) -> int:
     """Feedback rows whose conversation does not exist (nothing to export them with)."""
     return conn.execute(

@@ -27,7 +27,10 @@ def _system_prompt(cfg: Config) -> str | None:
 
 
 def build_deps(cfg: Config, *, progress: bool = True) -> RunDeps:
-    """The real side effects: subprocesses, HTTP to the server, notifications, /proc/meminfo."""
+    """The real side effects: subprocesses, HTTP to the server, notifications, /proc/meminfo.
+
+    ``progress``: a progress bar; otherwise a log line per validation and per tenth of training.
+    """
     runner = SubprocessRunner()
     health = HealthCheck.from_config(cfg)
     system = _system_prompt(cfg)
@@ -41,6 +44,19 @@ def build_deps(cfg: Config, *, progress: bool = True) -> RunDeps:
         if event.step >= event.total:
             bars.pop("train").close()
 
+    def log_progress(event: Any) -> None:
+        # Without a terminal (the nightly job's log), one line per validation and per tenth of the run.
+        tenth = max(1, event.total // 10)
+        if event.message or event.valid_loss is not None or (event.step % tenth == 0 and event.train_loss is not None):
+            parts = [f"step {event.step}/{event.total}"]
+            if event.train_loss is not None:
+                parts.append(f"loss {event.train_loss:.3f}")
+            if event.valid_loss is not None:
+                parts.append(f"validation loss {event.valid_loss:.3f}")
+            if event.tokens_per_second:
+                parts.append(f"{event.tokens_per_second:.0f} tokens/s")
+            info("  " + ", ".join(parts) + (f" ({event.message})" if event.message else ""))
+
     return RunDeps(
         manager=make_manager(cfg, runner, model=served_model(cfg)),
         health=health,
@@ -48,7 +64,7 @@ def build_deps(cfg: Config, *, progress: bool = True) -> RunDeps:
         notifier=make_notifier(runner),
         read_memory=lambda: read_memory(runner),
         chat=lambda q: ask(health.base_url, q, system=system),
-        progress=show_progress if progress else None,
+        progress=show_progress if progress else log_progress,
         log=info,
     )
 

@@ -78,6 +78,9 @@ def _check_init_adapter(path: Path, wanted: LoraConfig, total_layers: int) -> No
 
 def build_lora_model(base_model: Path, hp: HyperParams, dtype: torch.dtype, init_adapter: Path | None) -> PeftModel:
     """Load the base model frozen in ``dtype`` and add a trainable LoRA (fresh, or ``init_adapter``'s)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress reporting is the one the user reads
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     model.config.use_cache = False  # the KV cache is for generation; training only wastes memory on it
     if hp.grad_checkpoint:
