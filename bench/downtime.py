@@ -60,9 +60,13 @@ class Poller(threading.Thread):
         return spans
 
 
-def measure(mode: str, models_dir: Path, interval: float, conversations: int) -> dict:
+def measure(mode: str, models_dir: Path, interval: float, conversations: int, iters: int | None) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"nightlora-downtime-{mode}-") as tmp:
         cfg, _ = prepare_demo(Path(tmp), models_dir, mode, conversations=conversations)
+        # The probe's 20 chat completions would compete with the poller; downtime is what is measured here.
+        cfg.source.resolve(Path("probe.jsonl")).unlink()
+        if iters:
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"iters": iters})})
         deps = build_deps(cfg, progress=False)
         deps.manager.start()
         poller = Poller(deps.health.base_url, interval)
@@ -92,10 +96,13 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", default=["auto", "always"], choices=["auto", "always", "never"])
     ap.add_argument("--interval", type=float, default=0.5)
     ap.add_argument("--conversations", type=int, default=40)
+    ap.add_argument("--iters", type=int, default=None, help="fix the training steps (default: chosen from the data)")
     args = ap.parse_args()
     models_dir = Path(load_config(None).train.models_dir).expanduser().resolve()
-    rows = [measure(m, models_dir, args.interval, args.conversations) for m in args.modes]
-    print(f"\ndowntime of one demo run ({args.conversations} conversations, SmolLM2-135M, polled every {args.interval} s)")
+    rows = [measure(m, models_dir, args.interval, args.conversations, args.iters) for m in args.modes]
+    steps = f"{args.iters} training steps" if args.iters else "training steps chosen from the data"
+    print(f"\ndowntime of one demo run ({args.conversations} conversations, {steps}, SmolLM2-135M, "
+          f"polled every {args.interval} s)")
     print(f"{'mode':<8} {'status':<10} {'stopped':<8} {'run s':>7} {'train s':>8} {'deploy s':>9} "
           f"{'down s':>7} {'longest s':>10} {'outages':>8} {'failed/polls':>13}")
     for r in rows:

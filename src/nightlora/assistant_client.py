@@ -7,7 +7,7 @@ import httpx
 from nightlora.errors import HealthError
 
 
-def ask(base_url: str, question: str, *, max_tokens: int = 48, timeout: float = 120.0,
+def ask(base_url: str, question: str, *, max_tokens: int = 24, timeout: float = 120.0,
         system: str | None = None) -> str:
     """One chat completion at temperature 0; the reply's text (raises HealthError on failure)."""
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
