@@ -30,7 +30,6 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -57,6 +56,7 @@ from nightlora.train.base import (
     manifest_sha256,
     write_adapter_meta,
 )
+from nightlora.train.early_stopping import EarlyStopping
 from nightlora.train.mlx_data import Encoded, TokenCounter, encode_split, target_loss
 from nightlora.train.splits import read_splits
 
@@ -154,40 +154,13 @@ class _StopEarly(Exception):
     pass
 
 
-@dataclass
-class _Validation:
-    """Validation losses, the best weights seen, and the early-stopping count."""
-
-    patience: int
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    best_loss: float = math.inf
-    best_step: int | None = None
-    best_weights: dict[str, mx.array] | None = None
-    without_improvement: int = 0
-
-    def record(self, step: int, loss: float, model: nn.Module) -> None:
-        if not math.isfinite(loss):
-            raise TrainError(f"validation loss is {loss} at step {step}: the weights diverged (lower the learning rate)")
-        self.losses.append((step, loss))
-        if loss < self.best_loss:
-            # mlx arrays are immutable: holding these references is the snapshot.
-            self.best_loss, self.best_step = loss, step
-            self.best_weights = dict(tree_flatten(model.trainable_parameters()))
-            self.without_improvement = 0
-        else:
-            self.without_improvement += 1
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience > 0 and self.without_improvement >= self.patience
-
-
 class _Monitor(TrainingCallback):
     """Called by mlx_lm after every step: records the loss, validates, reports, stops early."""
 
     def __init__(self, model: nn.Module, valid: list[Encoded], hp: HyperParams, progress: ProgressFn | None):
         self.model, self.valid, self.hp, self.progress = model, valid, hp, progress
-        self.validation = _Validation(patience=hp.early_stopping_patience)
+        self.validation: EarlyStopping[dict[str, mx.array]] = EarlyStopping(
+            hp.early_stopping_patience, lambda: dict(tree_flatten(model.trainable_parameters())))
         self.train_loss: list[tuple[int, float]] = []
         self._window: list[float] = []
         self._report_every = max(1, math.ceil(hp.iters / TRAIN_LOSS_POINTS))
@@ -201,7 +174,9 @@ class _Monitor(TrainingCallback):
             num_batches=-1, max_seq_length=self.hp.max_seq_length, loss=target_loss,
         )
         self.model.train()
-        self.validation.record(step, loss, self.model)
+        if not math.isfinite(loss):
+            raise TrainError(f"validation loss is {loss} at step {step}: the weights diverged (lower the learning rate)")
+        self.validation.record(step, loss)
         return loss
 
     def on_train_loss_report(self, train_info: dict) -> None:
@@ -335,7 +310,7 @@ class MlxTrainer:
                 stopped_early = True
 
             validation = monitor.validation
-            if validation.best_weights is not None and validation.best_step != validation.losses[-1][0]:
+            if validation.best_is_earlier:
                 model.load_weights(list(validation.best_weights.items()), strict=False)
                 monitor.notify(f"kept the weights of step {validation.best_step} (validation loss {validation.best_loss:.4f})")
             mx.save_safetensors(str(out / ADAPTER_WEIGHTS), dict(tree_flatten(model.trainable_parameters())))

@@ -21,7 +21,6 @@ import math
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -44,6 +43,7 @@ from nightlora.train.base import (
     manifest_sha256,
     write_adapter_meta,
 )
+from nightlora.train.early_stopping import EarlyStopping
 from nightlora.train.progress import TqdmProgress
 from nightlora.train.splits import read_splits
 from nightlora.train.torch_data import (
@@ -80,30 +80,6 @@ def _compute_dtype() -> tuple[torch.dtype, str]:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16, "bf16"
     return torch.float32, "no"
-
-
-@dataclass
-class _Validation:
-    """Validation losses, the best weights seen, and the early-stopping count."""
-
-    patience: int
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    best_loss: float = math.inf
-    best_step: int | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    without_improvement: int = 0
-
-    def record(self, step: int, loss: float, model: nn.Module) -> None:
-        self.losses.append((step, loss))
-        if loss < self.best_loss:
-            self.best_loss, self.best_step, self.best_state = loss, step, trainable_state(model)
-            self.without_improvement = 0
-        else:
-            self.without_improvement += 1
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience > 0 and self.without_improvement >= self.patience
 
 
 class _Run:
@@ -192,9 +168,10 @@ class _Run:
         if global_batch != hp.batch_size:
             self._notify(f"batch size {hp.batch_size} rounded up to {global_batch} for {self.world} processes")
         schedule = length_grouped_batches([len(e.tokens) for e in self.train_set], global_batch, hp.seed)
-        validation = _Validation(patience=hp.early_stopping_patience)
+        validation: EarlyStopping[dict[str, torch.Tensor]] = EarlyStopping(
+            hp.early_stopping_patience, lambda: trainable_state(self.model))
         if self.valid_set:
-            validation.record(0, self.evaluate(self.valid_set), self.model)
+            validation.record(0, self.evaluate(self.valid_set))
             self._report(0, valid_loss=validation.losses[-1][1])
 
         report_every = max(1, math.ceil(hp.iters / TRAIN_LOSS_POINTS))
@@ -215,15 +192,15 @@ class _Run:
             valid_loss = None
             if self.valid_set and (step % hp.eval_every == 0 or step == hp.iters):
                 valid_loss = self.evaluate(self.valid_set)
-                validation.record(step, valid_loss, self.model)
+                validation.record(step, valid_loss)
             self._report(step, train_loss=loss, valid_loss=valid_loss, tokens_per_second=trained_tokens / train_time)
             if validation.should_stop:
                 stopped_early = True
                 self._notify(f"early stop at step {step}: no better validation loss in {hp.early_stopping_patience} evaluations")
                 break
 
-        if validation.best_state is not None and validation.best_step != validation.losses[-1][0]:
-            load_trainable_state(self.model, validation.best_state)
+        if validation.best_is_earlier:
+            load_trainable_state(self.model, validation.best_weights)
             self._notify(f"kept the weights of step {validation.best_step} (validation loss {validation.best_loss:.4f})")
         test_loss = self.evaluate(self.test_set) if self.test_set else None
         peak = self.acc.reduce(torch.tensor(_peak_memory_mb(self.acc.device), device=self.acc.device), "max")
