@@ -27,22 +27,13 @@ from nightlora.train.mlx_backend import MlxTrainer
 from nightlora.train.torch_backend import TorchTrainer
 from persona_data import HELD_OUT, write_persona_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Both frameworks compute in fp32; their logits differ by float rounding only (measured <= 3e-7).
 LOGIT_TOL = 1e-4
 # An adapter that matters moves the logits by far more than that.
 ADAPTER_EFFECT = 0.1
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """On a few shared cores, torch's spinning OpenMP threads make it 2-3x slower than one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

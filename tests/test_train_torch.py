@@ -24,22 +24,13 @@ from nightlora.train.torch_backend import TorchTrainer, target_loss_sum
 from nightlora.train.torch_data import IGNORE_INDEX, collate, encode_chat, encode_split, eval_batches, length_grouped_batches
 from persona_data import other_language_chats, write_dataset, write_persona_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 # For a random-weight 2-layer model: a high learning rate shows learning within a few dozen steps.
 TINY = HyperParams(
     iters=4, batch_size=4, learning_rate=1e-2, warmup_steps=1, lora_rank=8, lora_alpha=16.0, lora_dropout=0.0,
     num_layers=2, max_seq_length=512, grad_checkpoint=True, eval_every=2, early_stopping_patience=0, seed=0,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The test processes share few cores; OpenMP threads spin-waiting for a busy core make one thread 2-3x faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
