@@ -136,6 +136,12 @@ def test_failed_training_restores_the_server_and_marks_nothing(setup) -> None:
     assert cycles(db)[0][0] == "failed"
 
 
+def _start_run(cfg_path: Path) -> subprocess.Popen:
+    """`nightlora run` as a real process, to be signalled by its pid."""
+    return subprocess.Popen([*NIGHTLORA, "-c", str(cfg_path), "run", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def _wait_for_stage(status_file: Path, stage: str, proc: subprocess.Popen, timeout: float = 240) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -156,8 +162,7 @@ def test_sigkill_then_recover_restores_a_healthy_server(setup, stage: str) -> No
     db = cfg.source.db_path
     before = unexported(db)
     # more steps so that training outlasts the kill
-    proc = subprocess.Popen([*NIGHTLORA, "-c", str(cfg_path), "run", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _start_run(cfg_path)
     try:
         _wait_for_stage(cfg.source.state_path / "status.json", stage, proc)
         if stage == "train":
@@ -182,8 +187,7 @@ def test_sigterm_during_training_restores_before_exiting(setup) -> None:
     cfg_path, cfg = setup
     db = cfg.source.db_path
     before = unexported(db)
-    proc = subprocess.Popen([*NIGHTLORA, "-c", str(cfg_path), "run", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _start_run(cfg_path)
     try:
         _wait_for_stage(cfg.source.state_path / "status.json", "train", proc)
         time.sleep(0.5)
@@ -201,8 +205,7 @@ def test_sigterm_during_training_restores_before_exiting(setup) -> None:
 
 def test_second_run_is_refused_while_one_holds_the_lock(setup) -> None:
     cfg_path, cfg = setup
-    proc = subprocess.Popen([*NIGHTLORA, "-c", str(cfg_path), "run", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _start_run(cfg_path)
     try:
         _wait_for_stage(cfg.source.state_path / "status.json", "train", proc)
         second = subprocess.run([*NIGHTLORA, "-c", str(cfg_path), "run"], capture_output=True, text=True, timeout=60)
