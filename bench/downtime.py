@@ -21,8 +21,8 @@ import httpx
 
 from nightlora.cli.run_cmds import build_deps
 from nightlora.config import load_config
-from nightlora.demo import prepare_demo
-from nightlora.run import run_nightly
+from nightlora.demo.setup import prepare_demo
+from nightlora.pipeline.nightly import run_nightly
 
 
 class Poller(threading.Thread):

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from nightlora.hanni_db import SCHEMA_SQL
+from nightlora.sources.hanni.db import SCHEMA_SQL
 
 WORDS = (
     "the a my your cat dog Lisbon tea coffee morning run remind call tomorrow today evening dinner "
@@ -116,7 +116,7 @@ def _cpu_seconds() -> float:
 
 def measure(db: Path, out: Path) -> dict[str, Any]:
     """Run in a fresh process: one export, its time and peak memory."""
-    from nightlora.export import export_dataset
+    from nightlora.dataset.writer import export_dataset
 
     before = _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     t0, cpu0 = time.perf_counter(), _cpu_seconds()

@@ -5,8 +5,8 @@
 
 Contenders, each in its own process so that its peak memory is its own:
 
-  torch   nightlora.train.torch_backend.TorchTrainer
-  mlx     nightlora.train.mlx_backend.MlxTrainer
+  torch   nightlora.train.torch.backend.TorchTrainer
+  mlx     nightlora.train.mlx.backend.MlxTrainer
   mlx_lm  the original job's command: python -m mlx_lm lora --train --mask-prompt
           --batch-size 1 --learning-rate 2e-5 --grad-checkpoint --test, with --iters STEPS
   peft    a plain transformers + PEFT training loop, the script a user would write
@@ -75,8 +75,8 @@ def bench_dataset(source: Path, dest: Path, model: Path, steps: int) -> int:
 
 
 def export_demo(work: Path) -> Path:
-    from nightlora.demo_db import build_demo_db
-    from nightlora.export import export_dataset
+    from nightlora.demo.database import build_demo_db
+    from nightlora.dataset.writer import export_dataset
 
     demo = build_demo_db(work / "demo" / "hanni.db")
     export_dataset(demo.path, work / "demo" / "training", demo.system_prompt_path)
@@ -183,11 +183,11 @@ def trainer_run(name: str, data: Path, model: Path, steps: int, work: Path) -> d
 
     if name == "torch":
         try:
-            from nightlora.train.torch_backend import TorchTrainer as Trainer
+            from nightlora.train.torch.backend import TorchTrainer as Trainer
         except ImportError as e:
             return {"error": f"not available ({e})"}
     else:
-        from nightlora.train.mlx_backend import MlxTrainer as Trainer
+        from nightlora.train.mlx.backend import MlxTrainer as Trainer
     hp = HyperParams(iters=steps, batch_size=1, learning_rate=LEARNING_RATE, warmup_steps=0, lora_rank=RANK,
                      lora_alpha=ALPHA, lora_dropout=0.0, num_layers=min(LAYERS, num_layers(model)),
                      max_seq_length=2048, grad_checkpoint=True, eval_every=steps, early_stopping_patience=0, seed=0)

@@ -20,7 +20,7 @@ from typing import Iterator, Mapping, Sequence
 
 import pytest
 
-from nightlora.runner import CommandResult
+from nightlora.platform.runner import CommandResult
 
 
 def never_blank(model_dir: Path, out: Path) -> Path:

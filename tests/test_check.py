@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nightlora.check import FeedbackCounts, feedback_counts
-from nightlora.demo_db import build_demo_db, write_hanni_db
+from nightlora.sources.hanni.check import FeedbackCounts, feedback_counts
+from nightlora.demo.database import build_demo_db, write_hanni_db
 from nightlora.errors import SourceError
 
 CONV = json.dumps([["user", "Hi"], ["assistant", "Hello"]])

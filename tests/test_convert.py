@@ -23,8 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from nightlora.errors import ModelError
 from nightlora.train.base import HyperParams, TrainRequest, read_adapter_meta
 from nightlora.train.convert import mlx_to_peft, peft_to_mlx
-from nightlora.train.mlx_backend import MlxTrainer
-from nightlora.train.torch_backend import TorchTrainer
+from nightlora.train.mlx.backend import MlxTrainer
+from nightlora.train.torch.backend import TorchTrainer
 from persona_data import HELD_OUT, write_persona_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]

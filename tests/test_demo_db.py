@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from nightlora.demo_db import build_demo_db
-from nightlora.demo_persona import FACTS
+from nightlora.demo.database import build_demo_db
+from nightlora.demo.persona import FACTS
 from nightlora.errors import SourceError
-from nightlora.export import export_dataset
+from nightlora.dataset.writer import export_dataset
 
 
 def rows(path: Path) -> dict[str, list[Any]]:

@@ -7,13 +7,14 @@ import json
 import pytest
 
 from nightlora.config import Config
-from nightlora.deploy import Outcome, deploy, restore
+from nightlora.targets.deploy import Outcome, deploy, restore
 from nightlora.errors import HealthError
-from nightlora.server import HealthCheck, make_manager
-from nightlora.server.command import ServerCommand
-from nightlora.server.process import ProcessManager
-from nightlora.server.unmanaged import UnmanagedServer
-from nightlora.store import AdapterStore
+from nightlora.targets.health import HealthCheck
+from nightlora.targets.registry import make_manager
+from nightlora.targets.mlx_lm.command import ServerCommand
+from nightlora.targets.mlx_lm.process import ProcessManager
+from nightlora.targets.none.unmanaged import UnmanagedServer
+from nightlora.state.store import AdapterStore
 from server_fixtures import corrupt_adapter, free_port, kill_pid
 pytestmark = pytest.mark.slow
 
@@ -189,7 +190,7 @@ class ScriptedHealth:
         self.calls = 0
 
     def __call__(self, alive=None):
-        from nightlora.server.health import HealthResult
+        from nightlora.targets.health import HealthResult
 
         ok = self.verdicts[self.calls]
         self.calls += 1
@@ -200,7 +201,7 @@ class ScriptedHealth:
 def _launchd(tmp_path):
     import plistlib
 
-    from nightlora.server.launchd import LaunchdManager
+    from nightlora.targets.mlx_lm.launchd import LaunchdManager
     from server_fixtures import RecordingRunner
 
     plist = tmp_path / "com.hanni.mlx-server.plist"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nightlora.downtime import (
+from nightlora.targets.downtime import (
     GiB, MemoryInfo, ModelShape, decide_downtime, estimate_training_bytes, model_shape, parse_meminfo,
     parse_vm_stat, read_memory, weights_bytes,
 )
@@ -88,7 +88,7 @@ def test_macos_memory_from_vm_stat_and_sysctl():
 
 
 def test_plan_for_a_model_folder(tmp_path):
-    from nightlora.downtime import plan_downtime
+    from nightlora.targets.downtime import plan_downtime
 
     (tmp_path / "model.safetensors").write_bytes(b"x" * 4096)
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2,

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from nightlora.demo_db import DemoResult, build_demo_db, write_hanni_db
+from nightlora.demo.database import DemoResult, build_demo_db, write_hanni_db
 from nightlora.errors import ExportError
-from nightlora.export import FALLBACK_SYSTEM_PROMPT, export_dataset
-from nightlora.export_split import split_of
-from nightlora.hanni_db import mark_exported_from_manifest
+from nightlora.dataset.writer import FALLBACK_SYSTEM_PROMPT, export_dataset
+from nightlora.dataset.split import split_of
+from nightlora.sources.hanni.db import mark_exported_from_manifest
 
 SPLITS = ("train", "valid", "test")
 

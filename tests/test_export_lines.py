@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nightlora.export_examples import conversation_examples
-from nightlora.export_lines import encode_record
+from nightlora.dataset.examples import conversation_examples
+from nightlora.dataset.encode import encode_record
 
 SYSTEM = "You are Hanni. «Кратко»\u2028 \U0001f600"
 

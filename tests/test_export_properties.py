@@ -18,10 +18,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nightlora.demo_db import write_hanni_db
-from nightlora.export import export_dataset
-from nightlora.export_examples import conversation_examples
-from nightlora.export_split import split_of
+from nightlora.demo.database import write_hanni_db
+from nightlora.dataset.writer import export_dataset
+from nightlora.dataset.examples import conversation_examples
+from nightlora.dataset.split import split_of
 
 SYSTEM = "System prompt."
 META_KEYS = {"conversation_id", "message_index", "rating", "source", "split"}

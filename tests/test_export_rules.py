@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from nightlora.export_examples import conversation_examples
-from nightlora.export_messages import parse_messages, BadConversation
+from nightlora.dataset.examples import conversation_examples
+from nightlora.sources.hanni.messages import parse_messages, BadConversation
 
 SYSTEM = "You are Hanni."
 

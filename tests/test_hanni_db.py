@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from nightlora.demo_db import write_hanni_db
+from nightlora.demo.database import write_hanni_db
 from nightlora.errors import ExportError, SourceError
-from nightlora.hanni_db import (
+from nightlora.sources.hanni.db import (
     SeenFeedback,
     mark_exported,
     mark_exported_from_manifest,

@@ -11,13 +11,13 @@ import textwrap
 import pytest
 
 from nightlora.errors import LockError
-from nightlora.lock import RunLock
+from nightlora.pipeline.lock import RunLock
 from server_fixtures import kill_pid
 
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from nightlora.lock import RunLock
+    from nightlora.pipeline.lock import RunLock
     lock = RunLock(sys.argv[1]).acquire()
     print("held", flush=True)
     time.sleep(60)

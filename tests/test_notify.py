@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from nightlora.notify import (
+from nightlora.platform.notify import (
     CommandNotifier, NullNotifier, announce_back, announce_downtime, make_notifier, notify_send_argv, osascript_argv,
 )
-from nightlora.runner import CommandResult
+from nightlora.platform.runner import CommandResult
 from server_fixtures import RecordingRunner
 
 NASTY = 'Back at 03:40 "quoted" \\ end tell; do shell script "rm -rf ~"'

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from nightlora.migrations import MIGRATIONS, applied, migrate
-from nightlora.record import HanniCycles, RunRecorder, StateDB
+from nightlora.state.migrations import MIGRATIONS, applied, migrate
+from nightlora.state.db import HanniCycles, RunRecorder, StateDB
 
 
 def hanni_db(path, *, with_flywheel: bool = True):

@@ -15,11 +15,11 @@ import pytest
 
 from nightlora.cli.run_cmds import build_deps
 from nightlora.config import Config, load_config
-from nightlora.demo_db import build_demo_db
+from nightlora.demo.database import build_demo_db
 from nightlora.errors import EvaluationError, TrainError
-from nightlora.run import run_nightly
-from nightlora.server.process import port_in_use
-from nightlora.store import AdapterStore
+from nightlora.pipeline.nightly import run_nightly
+from nightlora.targets.mlx_lm.process import port_in_use
+from nightlora.state.store import AdapterStore
 from server_fixtures import free_port, kill_pid
 
 pytestmark = pytest.mark.slow

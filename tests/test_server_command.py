@@ -8,9 +8,9 @@ import pytest
 
 from nightlora.config import Config
 from nightlora.errors import ServerError
-from nightlora.server import make_manager, server_command
-from nightlora.server.command import ServerCommand, build_argv
-from nightlora.store import AdapterStore
+from nightlora.targets.registry import make_manager, server_command
+from nightlora.targets.mlx_lm.command import ServerCommand, build_argv
+from nightlora.state.store import AdapterStore
 
 DEFAULT = tuple(Config().server.command)
 

@@ -13,7 +13,7 @@ import pytest
 
 from nightlora.config import Config
 from nightlora.errors import HealthError
-from nightlora.server.health import HealthCheck, check_health
+from nightlora.targets.health import HealthCheck, check_health
 from server_fixtures import free_port
 
 OK_CHAT = (200, json.dumps({"choices": [{"message": {"role": "assistant", "content": "Hi there!"}}]}))

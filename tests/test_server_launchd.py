@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from nightlora.errors import ServerError
-from nightlora.server.command import ServerCommand
-from nightlora.server.launchd import LaunchdManager, adapter_of, with_adapter
+from nightlora.targets.mlx_lm.command import ServerCommand
+from nightlora.targets.mlx_lm.launchd import LaunchdManager, adapter_of, with_adapter
 from server_fixtures import RecordingRunner
 
 LABEL = "com.hanni.mlx-server"

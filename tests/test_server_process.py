@@ -12,9 +12,9 @@ import time
 import pytest
 
 from nightlora.errors import ServerError
-from nightlora.server.command import ServerCommand
-from nightlora.server.health import check_health
-from nightlora.server.process import PidRecord, ProcessManager, process_identity
+from nightlora.targets.mlx_lm.command import ServerCommand
+from nightlora.targets.health import check_health
+from nightlora.targets.mlx_lm.process import PidRecord, ProcessManager, process_identity
 from server_fixtures import RecordingRunner, fake_server_script, free_port, kill_pid  # noqa: F401
 
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nightlora.errors import ServerError
-from nightlora.server.command import ServerCommand
-from nightlora.server.systemd import SystemdManager, exec_line, quote_word
+from nightlora.targets.mlx_lm.command import ServerCommand
+from nightlora.targets.mlx_lm.systemd import SystemdManager, exec_line, quote_word
 from server_fixtures import RecordingRunner, parse_exec_line
 
 def read_unit(path: Path) -> configparser.ConfigParser:

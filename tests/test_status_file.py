@@ -7,7 +7,7 @@ import os
 import stat
 from datetime import datetime, timedelta, timezone
 
-from nightlora.status_file import Status, StatusWriter, expected_end, read_status, write_status
+from nightlora.state.status_file import Status, StatusWriter, expected_end, read_status, write_status
 
 T0 = datetime(2026, 1, 2, 3, 0, tzinfo=timezone.utc)
 

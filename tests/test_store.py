@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nightlora.errors import StoreError
-from nightlora.store import AdapterStore
+from nightlora.state.store import AdapterStore
 
 
 def fake_adapter(root: Path, name: str = "trained", payload: bytes = b"weights") -> Path:
@@ -68,7 +68,7 @@ def test_a_killed_add_leaves_no_visible_version(store, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the run is killed halfway through the move
         return shutil.copy2(src, dst) if Path(src).is_file() else shutil.copytree(src, dst)
 
-    monkeypatch.setattr("nightlora.store.shutil.move", dying_move)
+    monkeypatch.setattr("nightlora.state.store.shutil.move", dying_move)
     with pytest.raises(KeyboardInterrupt):
         store.add(fake_adapter(tmp_path, "b"))
     monkeypatch.undo()

@@ -9,7 +9,7 @@ import pytest
 
 from nightlora.cli import main
 from nightlora.errors import ModelError, TrainError
-from nightlora.train.select import make_trainer, resolve_backend
+from nightlora.train.registry import make_trainer, resolve_backend
 from persona_data import write_dataset, write_persona_dataset
 
 

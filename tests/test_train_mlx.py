@@ -25,8 +25,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from nightlora.errors import TrainError
 from nightlora.train.base import ADAPTER_META, HyperParams, ProgressEvent, TrainMetrics, TrainRequest, read_adapter_meta
 from nightlora.train.convert import mlx_to_peft
-from nightlora.train.mlx_backend import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MlxTrainer
-from nightlora.train.mlx_data import encode_split, target_loss
+from nightlora.train.mlx.backend import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MlxTrainer
+from nightlora.train.mlx.data import encode_split, target_loss
 from nightlora.train.splits import read_split
 from persona_data import other_language_chats, write_dataset, write_persona_dataset
 
@@ -198,7 +198,7 @@ CHILD = """
 import json, sys
 from pathlib import Path
 from nightlora.train.base import HyperParams, TrainRequest
-from nightlora.train.mlx_backend import MlxTrainer
+from nightlora.train.mlx.backend import MlxTrainer
 dataset, model, out, hp = sys.argv[1:]
 request = TrainRequest(Path(dataset), Path(model), Path(out), HyperParams(**json.loads(hp)))
 MlxTrainer().train(request, lambda e: e.train_loss is not None and print("step", e.step, flush=True))

@@ -20,8 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from nightlora.errors import TrainError
 from nightlora.train.base import ADAPTER_META, HyperParams, ProgressEvent, TrainMetrics, TrainRequest
 from nightlora.train.splits import read_split
-from nightlora.train.torch_backend import TorchTrainer, target_loss_sum
-from nightlora.train.torch_data import IGNORE_INDEX, collate, encode_chat, encode_split, eval_batches, length_grouped_batches
+from nightlora.train.torch.backend import TorchTrainer, target_loss_sum
+from nightlora.train.torch.data import IGNORE_INDEX, collate, encode_chat, encode_split, eval_batches, length_grouped_batches
 from persona_data import other_language_chats, write_dataset, write_persona_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -198,7 +198,7 @@ def test_existing_output_and_missing_dataset_are_train_errors(tiny_model_dir: Pa
 
 
 def _module_argv(tiny_model_dir: Path, dataset: Path, out: Path, hp_file: Path) -> list[str]:
-    return ["-m", "nightlora.train.torch_backend", "--dataset", str(dataset), "--model", str(tiny_model_dir),
+    return ["-m", "nightlora.train.torch.backend", "--dataset", str(dataset), "--model", str(tiny_model_dir),
             "--out", str(out), "--hyperparams", str(hp_file)]
 
 

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from nightlora.errors import ModelError
-from nightlora.fsutil import atomic_dir, atomic_write_json
+from nightlora.platform.fsutil import atomic_dir, atomic_write_json
 
 WHEEL_DIR_ENV = "NIGHTLORA_WHEEL_DIR"
 MODEL_INFO = "nightlora-model.json"

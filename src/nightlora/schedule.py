@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
 from nightlora.errors import ScheduleError
-from nightlora.fsutil import atomic_write_bytes, atomic_write_text, private_dir
-from nightlora.runner import CommandRunner
-from nightlora.server.launchd import BOOTOUT_NOT_LOADED, plist_bytes
-from nightlora.server.systemd import exec_line, user_unit_dir
+from nightlora.platform.fsutil import atomic_write_bytes, atomic_write_text, private_dir
+from nightlora.platform.runner import CommandRunner
+from nightlora.targets.mlx_lm.launchd import BOOTOUT_NOT_LOADED, plist_bytes
+from nightlora.targets.mlx_lm.systemd import exec_line, user_unit_dir
 
 LABEL = "com.nightlora.nightly"
 UNIT = "nightlora-nightly"

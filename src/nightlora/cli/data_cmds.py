@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from nightlora.check import FeedbackCounts, feedback_counts
+from nightlora.sources.hanni.check import FeedbackCounts, feedback_counts
 from nightlora.cli.common import AppState, emit, json_option, pass_state, warn
 from nightlora.config import default_config_path, load_config, preset_toml
-from nightlora.demo_db import MIN_CONVERSATIONS, DemoResult, build_demo_db
+from nightlora.demo.database import MIN_CONVERSATIONS, DemoResult, build_demo_db
 from nightlora.errors import ConfigError
-from nightlora.export import ExportResult, export_dataset
-from nightlora.fsutil import atomic_write_text
+from nightlora.dataset.writer import ExportResult, export_dataset
+from nightlora.platform.fsutil import atomic_write_text
 
 _path = click.Path(path_type=Path)
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import click
 
-from nightlora.assistant_client import ask
+from nightlora.platform.openai_client import ask
 from nightlora.cli.common import AppState, emit, info, json_option, pass_state
 from nightlora.cli.run_cmds import _result_text, build_deps
 from nightlora.config import load_config
-from nightlora.demo import prepare_demo
-from nightlora.evaluate import read_probe
-from nightlora.run import run_nightly
-from nightlora.store import AdapterStore
+from nightlora.demo.setup import prepare_demo
+from nightlora.evaluate.gate import read_probe
+from nightlora.pipeline.nightly import run_nightly
+from nightlora.state.store import AdapterStore
 
 
 def _summary_text(s: dict) -> str:

@@ -9,14 +9,15 @@ import click
 
 from nightlora.cli.common import AppState, emit, info, json_option, pass_state
 from nightlora.config import CONFIG_ENV, default_config_path
-from nightlora.deploy import deploy
+from nightlora.targets.deploy import deploy
 from nightlora.errors import StoreError
-from nightlora.lock import RunLock
-from nightlora.record import StateDB
-from nightlora.runner import SubprocessRunner
+from nightlora.pipeline.lock import RunLock
+from nightlora.state.db import StateDB
+from nightlora.platform.runner import SubprocessRunner
 from nightlora.schedule import ScheduleStatus, make_schedule, nightly_argv
-from nightlora.server import HealthCheck, make_manager
-from nightlora.store import AdapterStore, Version
+from nightlora.targets.health import HealthCheck
+from nightlora.targets.registry import make_manager
+from nightlora.state.store import AdapterStore, Version
 
 
 def _store(state: AppState) -> tuple[Any, AdapterStore]:

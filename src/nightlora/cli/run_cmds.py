@@ -7,18 +7,19 @@ from typing import Any
 
 import click
 
-from nightlora.assistant_client import ask
+from nightlora.platform.openai_client import ask
 from nightlora.cli.common import AppState, emit, info, json_option, pass_state
 from nightlora.config import Config
-from nightlora.downtime import read_memory
+from nightlora.targets.downtime import read_memory
 from nightlora.errors import ModelError
-from nightlora.lock import RunLock
-from nightlora.notify import make_notifier
-from nightlora.run import RunDeps, RunResult, recover, run_nightly
-from nightlora.runner import SubprocessRunner
-from nightlora.server import HealthCheck, make_manager
-from nightlora.server.factory import served_model
-from nightlora.train.select import make_trainer
+from nightlora.pipeline.lock import RunLock
+from nightlora.platform.notify import make_notifier
+from nightlora.pipeline.nightly import RunDeps, RunResult, recover, run_nightly
+from nightlora.platform.runner import SubprocessRunner
+from nightlora.targets.health import HealthCheck
+from nightlora.targets.registry import make_manager
+from nightlora.targets.registry import served_model
+from nightlora.train.registry import make_trainer
 
 
 def _system_prompt(cfg: Config) -> str | None:

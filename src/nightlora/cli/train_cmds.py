@@ -11,11 +11,11 @@ from nightlora import models
 from nightlora.cli.common import AppState, emit, info, json_option, pass_state
 from nightlora.config import Config
 from nightlora.errors import ModelError, TrainError
-from nightlora.fsutil import private_dir, remove_stale_temp
+from nightlora.platform.fsutil import private_dir, remove_stale_temp
 from nightlora.train.base import TrainRequest, read_adapter_meta
 from nightlora.train.hyperparams import choose_hyperparams, format_hyperparams
 from nightlora.train.progress import TqdmProgress
-from nightlora.train.select import BACKENDS, make_trainer, resolve_backend
+from nightlora.train.registry import BACKENDS, make_trainer, resolve_backend
 from nightlora.train.splits import read_splits
 
 STAGING_DIR = "adapters-staging"

@@ -102,7 +102,7 @@ def write_adapter_meta(adapter_dir: Path, request: TrainRequest, metrics: TrainM
     """Save the config and data provenance beside the weights (call inside atomic_dir)."""
     import json
 
-    from nightlora.fsutil import atomic_write_json
+    from nightlora.platform.fsutil import atomic_write_json
 
     manifest = Path(request.dataset_dir) / "manifest.json"
     atomic_write_json(Path(adapter_dir) / ADAPTER_META, {

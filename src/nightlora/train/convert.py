@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from nightlora.errors import ModelError
-from nightlora.fsutil import atomic_dir, atomic_write_json
+from nightlora.platform.fsutil import atomic_dir, atomic_write_json
 from nightlora.models import num_layers as model_layers
 from nightlora.train.base import ADAPTER_META
 

@@ -1,0 +1,88 @@
+"""One stored conversation -> the JSON lines it adds to the dataset.
+
+Every line is byte-identical to ``json.dumps(record, ensure_ascii=False,
+separators=(",", ":")) + "\\n"`` (tests/test_export_lines.py holds it to that).  json was
+the largest cost of an export, so lines are written with orjson, which writes strings,
+integers, booleans, null, lists and objects exactly as json.dumps does, several times
+faster.  Floats it writes differently (``1e-7`` for ``1e-07``, ``null`` for ``NaN``), and
+the only place a record can hold one is a tool call's ``arguments`` stored as an object:
+such records, and anything else orjson refuses (integers beyond 64 bits), go through json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import orjson
+
+from nightlora.dataset.dedupe import digest_of
+from nightlora.dataset.examples import conversation_examples
+from nightlora.sources.hanni.messages import BadConversation, parse_messages
+from nightlora.dataset.split import split_of
+from nightlora.sources.hanni.db import ConversationRow
+
+# One encoder for every record json writes: json.dumps with options builds a new one per call.
+_json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+# The record fields that hold chat messages (examples: messages; preferences: the rest).
+_MESSAGE_LISTS = ("messages", "prompt", "chosen", "rejected")
+
+
+@dataclass
+class Converted:
+    """One conversation's outcome: ``skip_reason`` or ``too_short``, else its lines."""
+
+    id: int
+    rated: bool
+    skip_reason: str | None = None
+    too_short: bool = False
+    feedback_problems: list[str] = field(default_factory=list)
+    # (file stem: a split or "preferences", digest of the line without meta, the line)
+    lines: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+
+
+def _stdlib_dumps(value: Any) -> bytes:
+    return _json_dumps(value).encode()
+
+
+def _has_object_arguments(record: dict[str, Any]) -> bool:
+    if "tools" not in record:  # a record whose messages call tools always declares them
+        return False
+    return any(
+        not isinstance(call["function"]["arguments"], str)
+        for key in _MESSAGE_LISTS
+        for msg in record.get(key) or ()
+        for call in msg.get("tool_calls", ())
+    )
+
+
+def _encode(record: dict[str, Any], dumps: Callable[[Any], bytes]) -> tuple[bytes, bytes]:
+    body = dumps({key: value for key, value in record.items() if key != "meta"})
+    return digest_of(body), body[:-1] + b',"meta":' + dumps(record["meta"]) + b"}\n"
+
+
+def encode_record(record: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(digest of the record without its meta, the record as one JSON line, meta last)."""
+    if not _has_object_arguments(record):
+        try:
+            return _encode(record, orjson.dumps)
+        except orjson.JSONEncodeError:
+            pass
+    return _encode(record, _stdlib_dumps)
+
+
+def convert_row(row: ConversationRow, system_prompt: str, split: tuple[int, int, int], min_messages: int) -> Converted:
+    out = Converted(row.id, row.rated)
+    try:
+        parsed = parse_messages(row.messages)
+    except BadConversation as e:
+        out.skip_reason = e.reason
+        return out
+    part = split_of(row.id, split)
+    conv = conversation_examples(row.id, parsed, row.feedback, system_prompt, split=part, min_messages=min_messages)
+    out.skip_reason, out.too_short, out.feedback_problems = conv.skip_reason, conv.too_short, conv.feedback_problems
+    out.lines = [(part, *encode_record(e)) for e in conv.examples]
+    out.lines += [("preferences", *encode_record(p)) for p in conv.preferences]
+    return out

@@ -1,0 +1,261 @@
+"""Export Hanni's rated conversations to a fine-tuning dataset, streaming, from one snapshot.
+
+Writes to the output folder, each file atomically and owner-only:
+
+* ``train.jsonl``, ``valid.jsonl``, ``test.jsonl``: mlx_lm chat examples
+  (``{"messages": [...], "tools"?: [...], "meta": {...}}``).  A split with no example
+  gets no file, because mlx_lm's loader fails on an empty file but accepts a missing one.
+* ``preferences.jsonl``: rated-down replies as preference records.
+* ``manifest.json``, written last: counts, skipped rows by reason, the feedback seen
+  (for ``hanni_db.mark_exported_from_manifest``), hashes and timings.
+
+The per-conversation rules live in ``export_examples``; this module only reads and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from nightlora.sources.hanni.check import count_feedback
+from nightlora.errors import ExportError, SourceError
+from nightlora.dataset.dedupe import SeenDigests
+from nightlora.dataset.encode import Converted, convert_row
+from nightlora.dataset.split import SPLITS
+from nightlora.platform.fsutil import atomic_open, atomic_write_json, private_dir
+from nightlora.sources.hanni.db import iter_conversations, open_snapshot, orphan_feedback_count, seen_feedback
+
+MANIFEST = "manifest.json"
+OUTPUTS = (*(f"{s}.jsonl" for s in SPLITS), "preferences.jsonl", MANIFEST)
+MANIFEST_FORMAT = 1
+WRITE_BUFFER_BYTES = 1 << 20
+
+FALLBACK_SYSTEM_PROMPT = (
+    "You are Hanni, a friendly personal assistant running on the user's own computer. "
+    "Answer briefly and in the language the user writes in."
+)
+
+
+@dataclass(frozen=True)
+class SystemPrompt:
+    text: str
+    path: Path | None
+    builtin: bool
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def load_system_prompt(path: Path | None) -> tuple[SystemPrompt, list[str]]:
+    """The prompt in ``path`` (surrounding whitespace removed), or the built-in one with a warning."""
+    if path is None:
+        return SystemPrompt(FALLBACK_SYSTEM_PROMPT, None, True), ["no system prompt file given; using the built-in prompt"]
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return SystemPrompt(FALLBACK_SYSTEM_PROMPT, path, True), [
+            f"system prompt {path} not found; using the built-in prompt"
+        ]
+    except UnicodeDecodeError:
+        raise SourceError(f"system prompt {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise SourceError(f"cannot read system prompt {path}: {e.strerror}") from None
+    if not text:
+        return SystemPrompt(FALLBACK_SYSTEM_PROMPT, path, True), [f"system prompt {path} is empty; using the built-in prompt"]
+    return SystemPrompt(text, path, False), []
+
+
+class _JsonlFile:
+    """One output file, opened when its first lines are flushed, hashed as it is written.
+
+    Lines are written and hashed a megabyte at a time: a write call and a hash update per
+    line took twice as long.  ``flush`` must end a successful export.
+    """
+
+    def __init__(self, stack: contextlib.ExitStack, path: Path):
+        self.path = path
+        self._stack = stack
+        self._f: IO[bytes] | None = None
+        self._hash = hashlib.sha256()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.lines = 0
+        self.bytes = 0
+
+    def open(self) -> None:
+        if self._f is None:
+            self._f = self._stack.enter_context(atomic_open(self.path, "wb", encoding=None))
+
+    def write(self, line: bytes) -> None:
+        self._pending.append(line)
+        self._pending_bytes += len(line)
+        self.lines += 1
+        if self._pending_bytes >= WRITE_BUFFER_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        self.open()
+        data = b"".join(self._pending)
+        self._f.write(data)  # type: ignore[union-attr]
+        self._hash.update(data)
+        self.bytes += len(data)
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    @property
+    def written(self) -> bool:
+        return self._f is not None
+
+    def summary(self) -> dict[str, Any]:
+        return {"sha256": self._hash.hexdigest(), "bytes": self.bytes, "lines": self.lines}
+
+
+class _Dataset:
+    """The output files being written, and the tallies the manifest reports."""
+
+    def __init__(self, stack: contextlib.ExitStack, out_dir: Path):
+        self._seen = {kind: stack.enter_context(SeenDigests()) for kind in ("examples", "preferences")}
+        self.files = {stem: _JsonlFile(stack, out_dir / f"{stem}.jsonl") for stem in (*SPLITS, "preferences")}
+        self.files["preferences"].open()  # always written, even empty: no loader fails on it
+        self.skipped: dict[str, list[int]] = defaultdict(list)
+        self.conversations = {"total": 0, "exported": 0, "too_short": 0, "skipped": 0, "rated": 0}
+        self.duplicates = {"examples": 0, "preferences": 0}
+
+    def add(self, conv: Converted) -> None:
+        tally = self.conversations
+        tally["total"] += 1
+        if conv.too_short:
+            tally["too_short"] += 1
+            return
+        if conv.skip_reason:
+            self.skipped[conv.skip_reason].append(conv.id)
+            tally["skipped"] += 1
+            return
+        for reason in dict.fromkeys(conv.feedback_problems):
+            self.skipped[reason].append(conv.id)
+        tally["exported"] += 1
+        tally["rated"] += conv.rated
+        for stem, digest, line in conv.lines:
+            kind = "preferences" if stem == "preferences" else "examples"
+            if self._seen[kind].add(digest):
+                self.files[stem].write(line)
+            else:
+                self.duplicates[kind] += 1
+
+    def flush(self) -> None:
+        for f in self.files.values():
+            f.flush()
+
+    def remove_unwritten(self) -> None:
+        """A split with no example has no file; a previous night's would contradict the manifest."""
+        for f in self.files.values():
+            if not f.written:
+                f.path.unlink(missing_ok=True)
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.manifest["counts"]
+
+    @property
+    def skipped(self) -> dict[str, list[int]]:
+        return self.manifest["skipped"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "manifest_path": str(self.manifest_path), **self.manifest}
+
+
+def export_dataset(
+    db_path: Path,
+    out_dir: Path,
+    system_prompt_path: Path | None,
+    *,
+    min_messages: int = 4,
+    split: tuple[int, int, int] = (80, 10, 10),
+) -> ExportResult:
+    """Export every conversation of ``db_path`` with at least ``min_messages`` messages to ``out_dir``.
+
+    Never writes to the database.  Reads one snapshot and streams its rows: memory holds
+    one conversation and the write buffers at a time, however large the database.
+    """
+    t0 = time.monotonic()
+    created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    prompt, warnings = load_system_prompt(system_prompt_path)
+    out_dir = Path(out_dir)
+    try:
+        if not out_dir.exists():
+            private_dir(out_dir)
+        # Temp files of a killed export; only ours: the folder may be one the user also uses.
+        for name in OUTPUTS:
+            for leftover in out_dir.glob(f".{name}.*.tmp"):
+                leftover.unlink(missing_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+
+    with open_snapshot(db_path) as conn:
+        gate = count_feedback(conn, 0)
+        seen = seen_feedback(conn)
+        orphans = orphan_feedback_count(conn)
+        t_snapshot = time.monotonic()
+        try:
+            with contextlib.ExitStack() as stack:
+                dataset = _Dataset(stack, out_dir)
+                for row in iter_conversations(conn):
+                    dataset.add(convert_row(row, prompt.text, split, min_messages))
+                dataset.flush()
+            dataset.remove_unwritten()
+        except OSError as e:
+            raise ExportError(f"cannot write the dataset to {out_dir}: {e.strerror or e}") from None
+    t_done = time.monotonic()
+
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "created_at": created_at,
+        "db_path": str(Path(db_path).absolute()),
+        "min_messages": min_messages,
+        "split": list(split),
+        "counts": {stem: f.lines for stem, f in dataset.files.items()},
+        "conversations": dataset.conversations,
+        "duplicates": dataset.duplicates,
+        "skipped": dict(sorted(dataset.skipped.items())),
+        "feedback": {
+            "high_water": seen.high_water,
+            "positive": gate.positive,
+            "negative": gate.negative,
+            "total": gate.total,
+            "orphans": orphans,
+            "seen": seen.to_dict(),
+        },
+        "system_prompt_sha256": prompt.sha256,
+        "system_prompt": {"path": str(prompt.path) if prompt.path else None, "builtin": prompt.builtin},
+        "files": {f.path.name: f.summary() for f in dataset.files.values() if f.written},
+        "timings": {
+            "snapshot_s": round(t_snapshot - t0, 3),
+            "export_s": round(t_done - t_snapshot, 3),
+            "total_s": round(time.monotonic() - t0, 3),
+        },
+        "warnings": warnings,
+    }
+    manifest_path = out_dir / MANIFEST
+    try:
+        atomic_write_json(manifest_path, manifest)
+    except OSError as e:
+        raise ExportError(f"cannot write {manifest_path}: {e.strerror}") from None
+    return ExportResult(out_dir, manifest_path, manifest, warnings)
