@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from nightlora.cli.run_cmds import build_deps
+from nightlora.cli.wiring import build_deps
 from nightlora.config import load_config
 from nightlora.demo.setup import prepare_demo
 from nightlora.pipeline.nightly import run_nightly
@@ -68,10 +68,10 @@ def measure(mode: str, models_dir: Path, interval: float, conversations: int, it
         if iters:
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"iters": iters})})
         deps = build_deps(cfg, progress=False)
-        deps.manager.start()
-        poller = Poller(deps.health.base_url, interval)
+        deps.target.start()
+        poller = Poller(deps.target.base_url, interval)
         try:
-            deps.health(alive=deps.manager.is_running).raise_for_health()
+            deps.target.health().raise_for_health()
             poller.start()
             t0 = time.monotonic()
             result = run_nightly(cfg, deps)
@@ -80,14 +80,14 @@ def measure(mode: str, models_dir: Path, interval: float, conversations: int, it
         finally:
             poller.halt.set()
             poller.join()
-            deps.manager.stop()
+            deps.target.stop()
         spans = poller.outages()
         return {
-            "mode": mode, "status": result.status, "stopped": (result.downtime or {}).get("stop"),
+            "mode": mode, "status": result.status, "stopped": result.train.downtime.stop if result.train else None,
             "run_s": wall, "train_s": result.stages_s.get("train", 0.0), "deploy_s": result.stages_s.get("deploy", 0.0),
             "downtime_s": sum(spans), "longest_s": max(spans, default=0.0), "outages": len(spans),
             "polls": len(poller.samples), "failed_polls": sum(1 for _, ok in poller.samples if not ok),
-            "reason": (result.downtime or {}).get("reason", ""),
+            "reason": result.train.downtime.reason if result.train else "",
         }
 
 

@@ -116,7 +116,7 @@ def _cpu_seconds() -> float:
 
 def measure(db: Path, out: Path) -> dict[str, Any]:
     """Run in a fresh process: one export, its time and peak memory."""
-    from nightlora.dataset.writer import export_dataset
+    from nightlora.sources.hanni.source import export_db as export_dataset
 
     before = _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     t0, cpu0 = time.perf_counter(), _cpu_seconds()

@@ -76,7 +76,7 @@ def bench_dataset(source: Path, dest: Path, model: Path, steps: int) -> int:
 
 def export_demo(work: Path) -> Path:
     from nightlora.demo.database import build_demo_db
-    from nightlora.dataset.writer import export_dataset
+    from nightlora.sources.hanni.source import export_db as export_dataset
 
     demo = build_demo_db(work / "demo" / "hanni.db")
     export_dataset(demo.path, work / "demo" / "training", demo.system_prompt_path)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nightlora.sources.hanni.check import FeedbackCounts, feedback_counts
+from nightlora.sources.base import FeedbackCounts
+from nightlora.sources.hanni.db import feedback_counts
 from nightlora.demo.database import build_demo_db, write_hanni_db
 from nightlora.errors import SourceError
 

@@ -42,14 +42,14 @@ def test_config_path_from_the_environment(tmp_path: Path):
 
 def test_environment_values_are_toml_literals_or_text():
     env = {
-        "NIGHTLORA_DATA__SPLIT": "[70, 20, 10]", "NIGHTLORA_SERVER__HOST": "localhost",
+        "NIGHTLORA_DATA__SPLIT": "[70, 20, 10]", "NIGHTLORA_TARGET__HOST": "localhost",
         "NIGHTLORA_TRAIN__GRAD_CHECKPOINT": "false", "OTHER": "x", "NIGHTLORA_NOSECTION": "x",
     }
     assert env_overrides({**env, "NIGHTLORA_CONFIG": "a path, not a key"}) == {
-        "data.split": [70, 20, 10], "server.host": "localhost", "train.grad_checkpoint": False,
+        "data.split": [70, 20, 10], "target.host": "localhost", "train.grad_checkpoint": False,
     }
     c = load_config(None, environ=env)
-    assert (c.data.split, c.server.host, c.train.grad_checkpoint) == ((70, 20, 10), "localhost", False)
+    assert (c.data.split, c.target.host, c.train.grad_checkpoint) == ((70, 20, 10), "localhost", False)
 
 
 def test_every_problem_in_a_file_in_one_line(tmp_path: Path):

@@ -14,7 +14,7 @@ import pytest
 from nightlora.demo.database import build_demo_db
 from nightlora.demo.persona import FACTS
 from nightlora.errors import SourceError
-from nightlora.dataset.writer import export_dataset
+from nightlora.sources.hanni.source import export_db as export_dataset
 
 
 def rows(path: Path) -> dict[str, list[Any]]:

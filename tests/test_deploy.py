@@ -10,10 +10,11 @@ from nightlora.config import Config
 from nightlora.targets.deploy import Outcome, deploy, restore
 from nightlora.errors import HealthError
 from nightlora.targets.health import HealthCheck
-from nightlora.targets.registry import make_manager
+from nightlora.cli.wiring import build_target
 from nightlora.targets.mlx_lm.command import ServerCommand
 from nightlora.targets.mlx_lm.process import ProcessManager
-from nightlora.targets.none.unmanaged import UnmanagedServer
+from nightlora.targets.mlx_lm.target import MlxLmTarget
+from nightlora.targets.none.target import NoTarget
 from nightlora.state.store import AdapterStore
 from server_fixtures import corrupt_adapter, free_port, kill_pid
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def test_fallback_chain_with_real_servers(served, make_adapter):
 
     # 1. A good adapter goes live.
     v1 = store.add(make_adapter(), data_counts={"train": 8, "valid": 1, "test": 1})
-    r = deploy(store, manager, health, v1, log=log.append)
+    r = deploy(store, MlxLmTarget(manager, health), v1, log=log.append)
     assert r.outcome is Outcome.LIVE and r.live == "v0001", r.message()
     assert store.current().name == "v0001"
     assert _served_adapter(manager) == str(store.current_link)
@@ -59,7 +60,7 @@ def test_fallback_chain_with_real_servers(served, make_adapter):
 
     # 2. A corrupt adapter: its server fails, the previous version serves again, and it is rejected.
     v2 = store.add(make_adapter(corrupt=True))
-    r = deploy(store, manager, health, v2, log=log.append)
+    r = deploy(store, MlxLmTarget(manager, health), v2, log=log.append)
     assert r.outcome is Outcome.ROLLED_BACK, r.message()
     assert r.live == "v0001" and store.current().name == "v0001"
     assert [a.version for a in r.attempts] == ["v0002", "v0001"]
@@ -71,7 +72,7 @@ def test_fallback_chain_with_real_servers(served, make_adapter):
     # 3. The new one and the previous one both fail: the base model serves, without an adapter.
     corrupt_adapter(v1.path)
     v3 = store.add(make_adapter(corrupt=True))
-    r = deploy(store, manager, health, v3, log=log.append)
+    r = deploy(store, MlxLmTarget(manager, health), v3, log=log.append)
     assert r.outcome is Outcome.NO_ADAPTER, r.message()
     assert [a.version for a in r.attempts] == ["v0003", "v0001", None]
     assert store.current() is None and r.live is None
@@ -83,7 +84,7 @@ def test_fallback_chain_with_real_servers(served, make_adapter):
 
     # 4. restore() on a healthy running server leaves it alone.
     pid = manager.record().pid
-    r = restore(store, manager, health)
+    r = restore(store, MlxLmTarget(manager, health))
     assert r.outcome is Outcome.UNCHANGED and manager.record().pid == pid
 
 
@@ -95,7 +96,7 @@ def test_restore_after_an_interrupted_run_falls_back_to_previous(served, make_ad
     v2 = store.add(make_adapter())
     store.set_current(v2)
     corrupt_adapter(v2.path)  # e.g. the disk lost it while training ran
-    r = restore(store, manager, health)
+    r = restore(store, MlxLmTarget(manager, health))
     assert r.outcome is Outcome.ROLLED_BACK and r.live == "v0001", r.message()
     assert store.current().name == "v0001"
     assert not store.get("v0002").rejected  # it was healthy before: not the adapter's fault alone
@@ -106,7 +107,7 @@ def test_server_that_exits_at_once_ends_down_quickly(served, make_adapter):
     exits = ("{python}", "-c", "import sys; sys.exit(3)", "--adapter-path", "{adapter}", "{port}")
     store, manager, health = served(exits, timeout=30)
     v1 = store.add(make_adapter())
-    r = deploy(store, manager, health, v1)
+    r = deploy(store, MlxLmTarget(manager, health), v1)
     assert r.outcome is Outcome.DOWN and not r.ok
     assert [a.version for a in r.attempts] == ["v0001", None]
     # Down with the reason, well before the 30 s health timeout of each step.
@@ -123,7 +124,7 @@ def test_server_whose_chat_fails_is_not_healthy(served, make_adapter, fake_serve
     fake = ("{python}", str(fake_server_script), "{host}", "{port}", "--adapter-path", "{adapter}")
     store, manager, health = served(fake, timeout=3)
     v1 = store.add(make_adapter())
-    r = deploy(store, manager, health, v1)
+    r = deploy(store, MlxLmTarget(manager, health), v1)
     assert r.outcome is Outcome.DOWN
     assert "chat completion answered 500" in r.attempts[0].reason
     assert r.attempts[0].health.ready_s is not None  # /health said ok: not enough
@@ -133,7 +134,7 @@ def test_unmanaged_server_only_switches_the_pointer(tmp_path, make_adapter):
     store = AdapterStore(tmp_path / "adapters")
     v1 = store.add(make_adapter())
     port = free_port()
-    r = deploy(store, UnmanagedServer("127.0.0.1", port), HealthCheck(f"http://127.0.0.1:{port}", timeout=0.5), v1)
+    r = deploy(store, NoTarget(f"http://127.0.0.1:{port}", timeout=0.5), v1)
     assert r.outcome is Outcome.UNMANAGED and store.current().name == "v0001"
     assert not r.health.ok  # nothing listens there: reported, not acted on
 
@@ -147,15 +148,15 @@ def test_cli_rollback_restarts_the_server(tmp_path, server_model_dir, make_adapt
     cfg_path.write_text(
         f'[source]\ndata_dir = "{tmp_path / "data"}"\n'
         f'[train]\nmodel = "{server_model_dir}"\n'
-        f'[server]\nmanager = "process"\nport = {port}\nhealth_timeout = 60\n'
+        f'[target]\nmanager = "process"\nport = {port}\nhealth_timeout = 60\n'
     )
     store = AdapterStore.for_state_dir(state)
     store.add(make_adapter())
     v2 = store.add(make_adapter())
     store.set_current(v2)
     cfg = Config.model_validate({"source": {"data_dir": str(tmp_path / "data")}, "train": {"model": str(server_model_dir)},
-                                 "server": {"port": port}})
-    manager = make_manager(cfg)
+                                 "target": {"port": port}})
+    manager = build_target(cfg).manager
     request.addfinalizer(lambda: manager.record() and kill_pid(manager.record().pid))
 
     import io
@@ -189,7 +190,7 @@ class ScriptedHealth:
         self.verdicts = list(verdicts)
         self.calls = 0
 
-    def __call__(self, alive=None):
+    def __call__(self, alive=None, adapter=None):
         from nightlora.targets.health import HealthResult
 
         ok = self.verdicts[self.calls]
@@ -231,18 +232,18 @@ def test_launchd_plist_follows_the_outcome(tmp_path):
     m, runner, args = _launchd(tmp_path)
     link = str(store.current_link)
 
-    r = deploy(store, m, ScriptedHealth(True), v1)
+    r = deploy(store, MlxLmTarget(m, ScriptedHealth(True)), v1)
     assert r.outcome is Outcome.LIVE and args()[-2:] == ["--adapter-path", link]
     assert [c[:2] for c in runner.calls] == [["launchctl", "bootout"], ["launchctl", "bootstrap"]]
 
-    r = deploy(store, m, ScriptedHealth(False, True), v2)
+    r = deploy(store, MlxLmTarget(m, ScriptedHealth(False, True)), v2)
     assert r.outcome is Outcome.ROLLED_BACK and store.current().name == "v0001"
     assert args()[-2:] == ["--adapter-path", link] and store.get("v0002").rejected
 
-    r = deploy(store, m, ScriptedHealth(False, False, True), v2)
+    r = deploy(store, MlxLmTarget(m, ScriptedHealth(False, False, True)), v2)
     assert r.outcome is Outcome.NO_ADAPTER and "--adapter-path" not in args()
 
-    r = deploy(store, m, ScriptedHealth(False, False, False), v1)
+    r = deploy(store, MlxLmTarget(m, ScriptedHealth(False, False, False)), v1)
     assert r.outcome is Outcome.DOWN
     assert store.current() is None and "--adapter-path" not in args()  # back to the last state that worked
 
@@ -263,7 +264,7 @@ def test_a_step_that_cannot_be_tried_does_not_stop_the_chain(tmp_path):
             raise PermissionError(13, "Permission denied", str(m.plist))
         real_configure(adapter)
     m.configure = flaky_configure
-    r = deploy(store, m, ScriptedHealth(True), v1)
+    r = deploy(store, MlxLmTarget(m, ScriptedHealth(True)), v1)
     assert r.outcome is Outcome.NO_ADAPTER
     assert r.attempts[0].reason.startswith("PermissionError: [Errno 13] Permission denied")
     assert os.path.exists(m.plist) and "--adapter-path" not in args()
@@ -275,16 +276,16 @@ def test_restore_outcomes_with_launchd(tmp_path):
     store.set_current(v1)
     m, runner, args = _launchd(tmp_path)
     # Running and healthy: nothing is touched.
-    r = restore(store, m, ScriptedHealth(True))
+    r = restore(store, MlxLmTarget(m, ScriptedHealth(True)))
     assert r.outcome is Outcome.UNCHANGED and r.live == "v0001"
     assert [c[1] for c in runner.calls] == ["print"]
     # Running but not answering: restarted with the live version.
     runner.calls.clear()
-    r = restore(store, m, ScriptedHealth(False, True))
+    r = restore(store, MlxLmTarget(m, ScriptedHealth(False, True)))
     assert r.outcome is Outcome.RESTORED and r.live == "v0001"
     assert [c[1] for c in runner.calls if c[1] != "print"] == ["bootout", "bootstrap"]
     assert args()[-2:] == ["--adapter-path", str(store.current_link)]
     assert r.message() == "the server is back with v0001"
     # Unmanaged: only looked at.
-    r = restore(store, UnmanagedServer("127.0.0.1", free_port()), ScriptedHealth(False))
+    r = restore(store, NoTarget(f"http://127.0.0.1:{free_port()}", timeout=0.5))
     assert r.outcome is Outcome.DOWN and "down" in r.message()

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from nightlora.platform.memory import MemoryInfo, parse_meminfo, parse_vm_stat, read_memory
 from nightlora.targets.downtime import (
-    GiB, MemoryInfo, ModelShape, decide_downtime, estimate_training_bytes, model_shape, parse_meminfo,
-    parse_vm_stat, read_memory, weights_bytes,
+    GiB, ModelShape, decide_downtime, estimate_training_bytes, model_shape, weights_bytes,
 )
 from server_fixtures import RecordingRunner
 

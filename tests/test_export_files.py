@@ -15,7 +15,8 @@ import pytest
 
 from nightlora.demo.database import DemoResult, build_demo_db, write_hanni_db
 from nightlora.errors import ExportError
-from nightlora.dataset.writer import FALLBACK_SYSTEM_PROMPT, export_dataset
+from nightlora.dataset.system_prompt import FALLBACK_SYSTEM_PROMPT
+from nightlora.sources.hanni.source import export_db as export_dataset
 from nightlora.dataset.split import split_of
 from nightlora.sources.hanni.db import mark_exported_from_manifest
 

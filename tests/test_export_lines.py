@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nightlora.dataset.examples import conversation_examples
+from nightlora.sources.hanni.source import conversation_examples
 from nightlora.dataset.encode import encode_record
 
 SYSTEM = "You are Hanni. «Кратко»\u2028 \U0001f600"

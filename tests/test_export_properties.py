@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nightlora.demo.database import write_hanni_db
-from nightlora.dataset.writer import export_dataset
-from nightlora.dataset.examples import conversation_examples
+from nightlora.sources.hanni.source import export_db as export_dataset
+from nightlora.sources.hanni.source import conversation_examples
 from nightlora.dataset.split import split_of
 
 SYSTEM = "System prompt."

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from nightlora.dataset.examples import conversation_examples
-from nightlora.sources.hanni.messages import parse_messages, BadConversation
+from nightlora.sources.hanni.source import conversation_examples
+from nightlora.dataset.messages import BadConversation
+from nightlora.sources.hanni.messages import parse_messages
 
 SYSTEM = "You are Hanni."
 

@@ -7,7 +7,8 @@ import sqlite3
 import pytest
 
 from nightlora.state.migrations import MIGRATIONS, applied, migrate
-from nightlora.state.db import HanniCycles, RunRecorder, StateDB
+from nightlora.sources.hanni.cycles import HanniCycles
+from nightlora.state.db import RunRecorder, StateDB
 
 
 def hanni_db(path, *, with_flywheel: bool = True):
@@ -31,7 +32,8 @@ def columns(path, table):
 
 def test_migrations_apply_once_in_order(tmp_path):
     db = StateDB.for_state_dir(tmp_path)
-    assert applied(db.conn) == [m.__name__ for m in MIGRATIONS] == ["m001_runs", "m002_runs_hanni_cycle", "m003_deploys"]
+    assert applied(db.conn) == [m.__name__ for m in MIGRATIONS] == ["m001_runs", "m002_runs_hanni_cycle", "m003_deploys",
+                                                                    "m004_consumed_feedback"]
     assert migrate(db.conn) == []
     db.close()
     assert StateDB(tmp_path / "state.db").path.exists()  # reopening is fine

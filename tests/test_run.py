@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from nightlora.cli.run_cmds import build_deps
+from nightlora.cli.wiring import build_deps
 from nightlora.config import Config, load_config
 from nightlora.demo.database import build_demo_db
 from nightlora.errors import EvaluationError, TrainError
 from nightlora.pipeline.nightly import run_nightly
-from nightlora.targets.mlx_lm.process import port_in_use
+from nightlora.platform.net import port_in_use
 from nightlora.state.store import AdapterStore
 from server_fixtures import free_port, kill_pid
 
@@ -40,7 +40,7 @@ def write_config(tmp: Path, model: Path, probe: bool = False, **train: object) -
 data_dir = "{data_dir}"
 [train]
 {train_lines}
-[server]
+[target]
 manager = "process"
 port = {free_port()}
 health_timeout = 60
@@ -65,17 +65,17 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path, server_model_dir: Path
     cfg_path = write_config(tmp_path, server_model_dir, probe=getattr(request, "param", False))
     cfg = load_config(cfg_path, environ={})
     deps = build_deps(cfg, progress=False)
-    deps.manager.start()
-    deps.health(alive=deps.manager.is_running).raise_for_health()
+    deps.target.start()
+    deps.target.health().raise_for_health()
     yield cfg_path, cfg
-    build_deps(cfg, progress=False).manager.stop()
+    build_deps(cfg, progress=False).target.stop()
     # every server a run started was recorded in the pid file: none is left behind
-    assert not port_in_use(cfg.server.host, cfg.server.port)
+    assert not port_in_use(cfg.target.host, cfg.target.port)
 
 
 def answering(cfg: Config) -> bool:
-    deps = build_deps(cfg, progress=False)
-    return deps.manager.is_running() and deps.health(alive=deps.manager.is_running).ok
+    target = build_deps(cfg, progress=False).target
+    return target.is_running() and target.health().ok
 
 
 @pytest.mark.parametrize("setup", [True], indirect=True)
@@ -92,7 +92,7 @@ def test_run_trains_deploys_marks_and_records(setup) -> None:
     assert result.status == "completed", result.message
     store = AdapterStore.for_state_dir(cfg.source.state_path)
     live = store.current()
-    assert live is not None and live.name == result.deploy["live"] == "v0001"
+    assert live is not None and live.name == result.deploy.live == "v0001"
     # torch trained a PEFT adapter; the store serves mlx_lm's format with the PEFT copy beside it
     assert (live.path / "adapters.safetensors").is_file() and (live.path / "peft" / "adapter_model.safetensors").is_file()
     assert json.loads((live.path / "nightlora.json").read_text())["converted_from"] == {"format": "peft", "path": "peft"}
@@ -108,12 +108,12 @@ def test_run_trains_deploys_marks_and_records(setup) -> None:
     status = json.loads((cfg.source.state_path / "status.json").read_text())
     assert status["state"] == "done" and status["adapter_version"] == "v0001" and not status["server_down"]
     (row,) = cycles(db)
-    assert row[0] == "completed" and row[1] == result.export["counts"]["train"] and row[3]
+    assert row[0] == "completed" and row[1] == result.export.counts["train"] and row[3]
     assert row[2] == str(store.current_link)
     # the held-out probe was asked through the live server before and after
-    assert result.probe_before["total"] == result.probe_after["total"] == 10
-    assert len(result.probe_after["items"]) == 10 and all(i["reply"] for i in result.probe_after["items"])
-    assert store.current().eval_score == result.probe_after["score"]
+    assert result.probe_before.total == result.probe_after.total == 10
+    assert len(result.probe_after.items) == 10 and all(i.reply for i in result.probe_after.items)
+    assert store.current().eval_score == result.probe_after.score
 
     # nothing new since: the next night skips and changes nothing
     again = run_nightly(cfg, build_deps(cfg, progress=False))

@@ -8,11 +8,12 @@ import pytest
 
 from nightlora.config import Config
 from nightlora.errors import ServerError
-from nightlora.targets.registry import make_manager, server_command
+from nightlora.cli.wiring import build_target
+from nightlora.models import model_to_serve
 from nightlora.targets.mlx_lm.command import ServerCommand, build_argv
 from nightlora.state.store import AdapterStore
 
-DEFAULT = tuple(Config().server.command)
+DEFAULT = tuple(Config().target.command)
 
 
 def test_default_template_with_and_without_adapter():
@@ -52,17 +53,18 @@ def test_ipv6_host_in_url():
 
 def test_factory_picks_the_manager_and_serves_current(tmp_path):
     base = {"source": {"data_dir": str(tmp_path)}, "train": {"model": str(tmp_path)}}
-    for kind in ("process", "launchd", "systemd", "none"):
-        m = make_manager(Config.model_validate({**base, "server": {"manager": kind}}))
-        assert m.name == kind and m.managed == (kind != "none")
+    for kind in ("process", "launchd", "systemd"):
+        t = build_target(Config.model_validate({**base, "target": {"manager": kind}}))
+        assert t.manager.name == kind and t.managed
+    assert not build_target(Config.model_validate({**base, "target": {"kind": "none"}})).managed
     cfg = Config.model_validate(base)
-    assert server_command(cfg).model == str(tmp_path.resolve())  # a local folder, resolved
-    assert "--adapter-path" not in make_manager(cfg).argv()  # no live version: the base model alone
+    assert model_to_serve(cfg.train.model, cfg.models_dir) == str(tmp_path.resolve())  # a local folder, resolved
+    assert "--adapter-path" not in build_target(cfg).manager.argv()  # no live version: the base model alone
     store = AdapterStore.for_state_dir(cfg.source.state_path)
     src = tmp_path / "trained"
     src.mkdir()
     (src / "adapters.safetensors").write_bytes(b"x")
     (src / "adapter_config.json").write_text("{}")
     store.set_current(store.add(src))
-    argv = make_manager(cfg).argv()
+    argv = build_target(cfg).manager.argv()
     assert argv[argv.index("--adapter-path") + 1] == str(store.current_link)

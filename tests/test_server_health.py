@@ -177,6 +177,8 @@ def test_nothing_listening():
 
 
 def test_health_check_from_config():
-    cfg = Config.model_validate({"server": {"host": "0.0.0.0", "port": 9001, "health_timeout": 42}})
-    hc = HealthCheck.from_config(cfg)
+    from nightlora.cli.wiring import build_target
+
+    cfg = Config.model_validate({"target": {"host": "0.0.0.0", "port": 9001, "health_timeout": 42}})
+    hc = build_target(cfg).check
     assert hc.base_url == "http://127.0.0.1:9001" and hc.timeout == 42

@@ -14,7 +14,8 @@ import pytest
 from nightlora.errors import ServerError
 from nightlora.targets.mlx_lm.command import ServerCommand
 from nightlora.targets.health import check_health
-from nightlora.targets.mlx_lm.process import PidRecord, ProcessManager, process_identity
+from nightlora.platform.processes import process_identity
+from nightlora.targets.mlx_lm.process import PidRecord, ProcessManager
 from server_fixtures import RecordingRunner, fake_server_script, free_port, kill_pid  # noqa: F401
 
 

@@ -169,6 +169,6 @@ def test_cli_rollback_without_an_earlier_version_says_so(tmp_path, capsys):
     from nightlora.cli import main
 
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[source]\ndata_dir = "{tmp_path}"\n[server]\nmanager = "none"\n')
+    cfg.write_text(f'[source]\ndata_dir = "{tmp_path}"\n[target]\nkind = "none"\n')
     assert main(["--config", str(cfg), "rollback"]) == 13
     assert "no earlier version to roll back to" in capsys.readouterr().err

@@ -1,8 +1,12 @@
 """Configuration: defaults < TOML file < environment < flags.
 
-The core never sees raw dicts: it takes the typed, validated models below.
+The core never sees raw dicts: each part gets its own typed, validated section.
 Every problem in a file (unknown keys, wrong types) is reported at once, in one
 line that names the file and each key.
+
+Sections: ``[source]`` (which app's feedback; ``kind`` picks one of sources/registry.py),
+``[data]`` (what the export keeps), ``[train]``, ``[target]`` (where adapters go live;
+``kind`` picks one of targets/registry.py), ``[store]`` (adapter versions), ``[schedule]``.
 """
 
 from __future__ import annotations
@@ -14,54 +18,37 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from nightlora.config_section import Section, expand, parse_hh_mm, toml_str
 from nightlora.errors import ConfigError
+from nightlora.kinds import config_union
+from nightlora.sources.registry import SOURCES
+from nightlora.targets.registry import TARGETS
 
 ENV_PREFIX = "NIGHTLORA_"
 CONFIG_ENV = "NIGHTLORA_CONFIG"
 
+SourceConfig = config_union(SOURCES, default="hanni")
+TargetConfig = config_union(TARGETS, default="mlx_lm")
 
-def default_data_dir() -> Path:
-    """Where Hanni keeps its data: Application Support on macOS, the user data dir elsewhere."""
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "Hanni"
-    return Path(platformdirs.user_data_dir("Hanni", appauthor=False))
+# Keys of earlier versions, with what to do instead: a clear line rather than "unknown key".
+REMOVED = {
+    "server": "the [server] section is now [target] (kind = \"mlx_lm\"; manager = \"none\" is kind = \"none\")",
+    "train.adapter_dir": "no longer used (adapters live in the store under source.state_dir); remove it",
+    "server.keep_versions": "moved to [store] keep_versions",
+}
 
 
 def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir("nightlora", appauthor=False)) / "config.toml"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def default_models_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("nightlora", appauthor=False)) / "models"
 
 
-class SourceConfig(_Section):
-    data_dir: Path = Field(default_factory=default_data_dir)
-    db: Path = Path("hanni.db")
-    system_prompt: Path = Path("system_prompt.txt")
-    # The tool's own files (runs, adapter store, state db, lock, status file).
-    state_dir: Path = Path("nightlora")
-
-    def resolve(self, p: Path) -> Path:
-        p = Path(os.path.expanduser(str(p)))
-        return p if p.is_absolute() else Path(os.path.expanduser(str(self.data_dir))) / p
-
-    @property
-    def db_path(self) -> Path:
-        return self.resolve(self.db)
-
-    @property
-    def system_prompt_path(self) -> Path:
-        return self.resolve(self.system_prompt)
-
-    @property
-    def state_path(self) -> Path:
-        return self.resolve(self.state_dir)
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     training_dir: Path = Path("training")
     min_feedback: int = Field(10, ge=0)
     min_messages: int = Field(4, ge=0)
@@ -76,13 +63,14 @@ class DataConfig(_Section):
         return v
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     backend: Literal["auto", "mlx", "torch"] = "auto"
-    # A local folder or a name known to `nightlora model prepare` (e.g. smollm2-135m).
-    model: str = "smollm2-135m"
+    # The base model, for training and serving alike: a local folder, a name `nightlora model prepare`
+    # knows (e.g. smollm2-135m), or a hub id already in the local cache.  Unset: the model the server
+    # is configured to serve (the `--model` of its LaunchAgent).
+    model: str | None = None
     # Where `nightlora model prepare` caches converted models (names in `model` resolve here).
-    models_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_cache_dir("nightlora", appauthor=False)) / "models")
-    adapter_dir: Path = Path("lora-adapter")
+    models_dir: Path = Field(default_factory=default_models_dir)
     # None = chosen from the data (see nightlora.train.hyperparams); any number set here wins.
     epochs: float | None = Field(None, gt=0)
     iters: int | None = Field(None, ge=1)
@@ -102,47 +90,27 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
-class ServerConfig(_Section):
-    manager: Literal["process", "launchd", "systemd", "none"] = "process"
-    # argv, not a shell string; {model}, {adapter}, {host}, {port} are filled in.
-    command: list[str] = Field(
-        default_factory=lambda: [
-            "{python}", "-m", "mlx_lm", "server",
-            "--model", "{model}", "--adapter-path", "{adapter}",
-            "--host", "{host}", "--port", "{port}",
-        ]
-    )
-    host: str = "127.0.0.1"
-    port: int = Field(8234, ge=1, le=65535)
-    label: str = "com.hanni.mlx-server"
-    plist: Path = Path("~/Library/LaunchAgents/com.hanni.mlx-server.plist")
-    unit: str = "nightlora-server.service"
-    stop_during_training: Literal["auto", "always", "never"] = "auto"
-    health_timeout: float = Field(120.0, gt=0)
+class StoreConfig(Section):
+    # Adapter versions kept; the live one and the one before it are always kept.
     keep_versions: int = Field(5, ge=1)
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Section):
     at: str = "03:00"
 
     @field_validator("at")
     @classmethod
     def _hh_mm(cls, v: str) -> str:
-        try:
-            hh, mm = v.split(":")
-            h, m = int(hh), int(mm)
-        except ValueError:
-            raise ValueError("must be HH:MM") from None
-        if not (0 <= h < 24 and 0 <= m < 60):
-            raise ValueError("must be HH:MM")
+        h, m = parse_hh_mm(v)
         return f"{h:02d}:{m:02d}"
 
 
-class Config(_Section):
-    source: SourceConfig = Field(default_factory=SourceConfig)
+class Config(Section):
+    source: SourceConfig = Field(default_factory=lambda: SOURCES["hanni"].config())  # type: ignore[valid-type]
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    server: ServerConfig = Field(default_factory=ServerConfig)
+    target: TargetConfig = Field(default_factory=lambda: TARGETS["mlx_lm"].config())  # type: ignore[valid-type]
+    store: StoreConfig = Field(default_factory=StoreConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
     @property
@@ -150,8 +118,8 @@ class Config(_Section):
         return self.source.resolve(self.data.training_dir)
 
     @property
-    def adapter_path(self) -> Path:
-        return self.source.resolve(self.train.adapter_dir)
+    def models_dir(self) -> Path:
+        return expand(self.train.models_dir)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -183,13 +151,30 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def _key(loc: tuple[Any, ...]) -> str:
+    # A kind's section reports its tag in the location (source.hanni.db): drop it.
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] in ("source", "target") and parts[1] in {**SOURCES, **TARGETS, "?": 0}:
+        parts.pop(1)
+    return ".".join(parts)
+
+
 def _format_errors(err: ValidationError, where: str) -> str:
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        key = _key(e["loc"])
+        if e["type"] == "extra_forbidden":
+            msg = REMOVED.get(key, "unknown key")
+        else:
+            msg = e["msg"]
         parts.append(f"{key}: {msg}")
     return f"invalid config in {where}: " + "; ".join(parts)
+
+
+def _removed_sections(tree: dict[str, Any], where: str) -> None:
+    old = [k for k in tree if k in REMOVED]
+    if old:
+        raise ConfigError(f"invalid config in {where}: " + "; ".join(f"{k}: {REMOVED[k]}" for k in old))
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -202,6 +187,14 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"invalid config in {path}: {e}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+
+
+def _validate(tree: dict[str, Any], where: str) -> Config:
+    _removed_sections(tree, where)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, where)) from None
 
 
 def load_config(
@@ -223,29 +216,18 @@ def load_config(
         elif default_config_path().is_file():
             path = default_config_path()
     tree: dict[str, Any] = read_toml(Path(path)) if path is not None else {}
-    where = str(path) if path is not None else "defaults"
-
-    try:
-        Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, where)) from None
+    _validate(tree, str(path) if path is not None else "defaults")
 
     env = env_overrides(environ)
     for dotted, value in env.items():
         _set_dotted(tree, dotted, value)
     if env:
-        try:
-            Config.model_validate(tree)
-        except ValidationError as e:
-            raise ConfigError(_format_errors(e, "environment (NIGHTLORA_*)")) from None
+        _validate(tree, "environment (NIGHTLORA_*)")
 
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, dotted, value)
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, "command-line flags")) from None
+    return _validate(tree, "command-line flags")
 
 
 PRESETS = ("hanni",)
@@ -256,13 +238,15 @@ def preset_toml(name: str) -> str:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
     c = Config()
-    d = c.source.data_dir
+    s, t = c.source, c.target
+    manager = "launchd" if sys.platform == "darwin" else "process"
     return f"""\
 # nightlora config (preset: {name}). Precedence: defaults < this file < NIGHTLORA_SECTION__KEY env < flags.
 # Relative paths are inside source.data_dir.
 
 [source]
-data_dir = {_toml_str(str(d))}
+kind = "hanni"
+data_dir = {toml_str(s.data_dir)}
 db = "hanni.db"
 system_prompt = "system_prompt.txt"
 state_dir = "nightlora"            # runs, adapter store, state db, lock, status.json
@@ -275,8 +259,7 @@ split = [80, 10, 10]               # train / valid / test, by a stable hash of t
 
 [train]
 backend = "auto"                   # auto: mlx on Apple silicon, torch elsewhere
-model = "{c.train.model}"
-adapter_dir = "lora-adapter"
+# model = "/path/to/model"         # unset: the model the assistant's server serves (its LaunchAgent's --model)
 # epochs, iters, batch_size, learning_rate, num_layers: unset = chosen from the data
 min_iters = {c.train.min_iters}
 max_iters = {c.train.max_iters}
@@ -287,20 +270,19 @@ max_seq_length = {c.train.max_seq_length}
 grad_checkpoint = true
 early_stopping_patience = {c.train.early_stopping_patience}
 
-[server]
-manager = "{"launchd" if sys.platform == "darwin" else "process"}"     # process | launchd | systemd | none (not ours to manage)
-host = "{c.server.host}"
-port = {c.server.port}
-label = "{c.server.label}"
-plist = "{c.server.plist}"
+[target]
+kind = "mlx_lm"                    # mlx_lm (restarted on each new adapter) | none (nightlora serves nothing)
+manager = "{manager}"               # process | launchd | systemd
+host = "{t.host}"
+port = {t.port}
+label = "{t.label}"
+plist = "{t.plist}"
 stop_during_training = "auto"      # auto | always | never
-health_timeout = {c.server.health_timeout}
-keep_versions = {c.server.keep_versions}
+health_timeout = {t.health_timeout}
+
+[store]
+keep_versions = {c.store.keep_versions}
 
 [schedule]
 at = "{c.schedule.at}"
 """
-
-
-def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

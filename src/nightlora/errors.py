@@ -72,3 +72,9 @@ class StoreError(NightloraError):
     """The adapter store: an unknown version, an incomplete adapter folder."""
 
     exit_code = 13
+
+
+class StateError(NightloraError):
+    """The tool's own state database (runs, deploys, consumed feedback)."""
+
+    exit_code = 14

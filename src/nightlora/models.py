@@ -147,7 +147,8 @@ def prepare_model(
 
 
 def resolve_model(model: str, models_dir: Path) -> Path:
-    """A local folder, or the prepared folder of a known name. Never a download."""
+    """A local folder, or the prepared folder of a known name, or a hub id already in the local
+    cache. Never a download.  The one resolver, for training and serving alike."""
     p = Path(model).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
@@ -164,6 +165,40 @@ def resolve_model(model: str, models_dir: Path) -> Path:
         return Path(snapshot_download(model, local_files_only=True))
     except Exception:
         raise ModelError(f"model {model!r} is neither a local folder, a prepared model, nor in the local HF cache") from None
+
+
+def base_model(model: str | None, models_dir: Path, served: str | None = None) -> Path:
+    """The base model a night trains: ``train.model``, else the one the server serves.
+
+    ``served`` is the model the server is set up with when that is not taken from the config
+    (an app's LaunchAgent): an adapter trained on another base model would not fit it, so
+    naming a different ``train.model`` is refused.
+    """
+    if model is None and served is None:
+        raise ModelError("no base model: set train.model (a model folder, a prepared name such as smollm2-135m, "
+                         "or a hub id in the local cache)")
+    chosen = resolve_model(model if model is not None else served, models_dir)  # type: ignore[arg-type]
+    if model is not None and served is not None:
+        try:
+            serving = resolve_model(served, models_dir)
+        except ModelError:
+            serving = None
+        if serving is None or serving.resolve() != chosen.resolve():
+            raise ModelError(
+                f"train.model is {model!r} but the assistant's server serves {served!r}: an adapter trained on "
+                "one base model does not fit another; set train.model to the served model, or unset it"
+            )
+    return chosen
+
+
+def model_to_serve(model: str | None, models_dir: Path) -> str | None:
+    """What to fill the server's {model} with: the resolved folder when there is one, else the name as given."""
+    if model is None:
+        return None
+    try:
+        return str(resolve_model(model, models_dir).resolve())
+    except ModelError:
+        return model
 
 
 # Text the tiny test tokenizer learns its merges from: chat words in both of the
@@ -230,5 +265,9 @@ def model_size_bytes(model_dir: Path) -> int:
 
 
 def num_layers(model_dir: Path) -> int:
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    return int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0)
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        cfg = {**cfg.get("text_config", {}), **cfg}
+        return int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise ModelError(f"cannot read the layer count from {Path(model_dir) / 'config.json'}: {e}") from None

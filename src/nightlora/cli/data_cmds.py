@@ -6,13 +6,17 @@ from pathlib import Path
 
 import click
 
-from nightlora.sources.hanni.check import FeedbackCounts, feedback_counts
 from nightlora.cli.common import AppState, emit, json_option, pass_state, warn
+from nightlora.cli.wiring import build_source
 from nightlora.config import default_config_path, load_config, preset_toml
+from nightlora.dataset.system_prompt import load_system_prompt
+from nightlora.dataset.writer import ExportResult, export_dataset
 from nightlora.demo.database import MIN_CONVERSATIONS, DemoResult, build_demo_db
 from nightlora.errors import ConfigError
-from nightlora.dataset.writer import ExportResult, export_dataset
+from nightlora.paths import StatePaths
 from nightlora.platform.fsutil import atomic_write_text
+from nightlora.sources.base import FeedbackCounts
+from nightlora.state.cursor import consumed_in
 
 _path = click.Path(path_type=Path)
 
@@ -55,7 +59,10 @@ def _check_text(c: FeedbackCounts) -> str:
 def check(state: AppState, db: Path | None, min_feedback: int | None, as_json: bool) -> None:
     """Count new feedback and say whether training is due (exit 0 either way)."""
     cfg = state.config({"source.db": _abs(db), "data.min_feedback": min_feedback})
-    emit(feedback_counts(cfg.source.db_path, cfg.data.min_feedback), as_json, _check_text)
+    source = build_source(cfg)
+    with source.snapshot(consumed_in(StatePaths(cfg.source.state_path).state_db, source.key)) as snap:
+        counts = snap.counts(cfg.data.min_feedback)
+    emit(counts, as_json, _check_text)
 
 
 def _export_text(r: ExportResult) -> str:
@@ -92,9 +99,11 @@ def export(state: AppState, db: Path | None, out: Path | None, system_prompt: Pa
     if db is not None and system_prompt is None and not cfg.source.system_prompt.is_absolute():
         # Hanni keeps system_prompt.txt beside hanni.db: another database brings its own prompt.
         prompt_path = cfg.source.db_path.parent / cfg.source.system_prompt
+    source = build_source(cfg)
+    prompt, warnings = load_system_prompt(prompt_path)
     result = export_dataset(
-        cfg.source.db_path, cfg.training_path, prompt_path,
-        min_messages=cfg.data.min_messages, split=cfg.data.split,
+        source, cfg.training_path, prompt, consumed=consumed_in(StatePaths(cfg.source.state_path).state_db, source.key),
+        min_messages=cfg.data.min_messages, split=cfg.data.split, warnings=warnings,
     )
     for w in result.warnings:
         warn(w)

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import click
 
-from nightlora.platform.openai_client import ask
 from nightlora.cli.common import AppState, emit, info, json_option, pass_state
-from nightlora.cli.run_cmds import _result_text, build_deps
+from nightlora.cli.run_cmds import _result_text
+from nightlora.cli.wiring import build_deps
 from nightlora.config import load_config
+from nightlora.dataset.system_prompt import load_system_prompt
 from nightlora.demo.setup import prepare_demo
-from nightlora.evaluate.gate import read_probe
+from nightlora.evaluate.probe import read_probe
 from nightlora.pipeline.nightly import run_nightly
+from nightlora.platform.openai_client import ask
 from nightlora.state.store import AdapterStore
 
 
@@ -49,29 +51,31 @@ def demo(state: AppState, demo_dir: Path, stop: str, conversations: int, keep_se
     demo_dir = demo_dir.resolve()
     old_config = demo_dir / "nightlora.toml"
     if old_config.is_file():  # a server left running by an earlier --keep-serving demo is ours: stop it by pid
-        build_deps(load_config(old_config, environ={}), progress=False).manager.stop()
-    models_dir = Path(state.config().train.models_dir).expanduser().resolve()
+        build_deps(load_config(old_config, environ={}), progress=False).target.stop()
+    models_dir = state.config().models_dir.resolve()
     cfg, config_path = prepare_demo(demo_dir, models_dir, stop, conversations=conversations, log=info)
     deps = build_deps(cfg, progress=sys.stderr.isatty())
 
-    info(f"starting the assistant's server (mlx_lm server, base model) on port {cfg.server.port}")
-    deps.manager.start()
+    info(f"starting the assistant's server (mlx_lm server, base model) on port {cfg.target.port}")
+    deps.target.start()
     try:
-        deps.health(alive=deps.manager.is_running).raise_for_health()
+        deps.target.health().raise_for_health()
         info("nightlora run: check, export, train, evaluate, deploy, mark, record")
         result = run_nightly(cfg, deps)
         info(_result_text(result))
 
-        item = read_probe(cfg.source.resolve(Path("probe.jsonl")))[0]
-        reply = ask(deps.health.base_url, item["question"],
-                    system=cfg.source.system_prompt_path.read_text(encoding="utf-8").strip())
+        item = read_probe(deps.source.probe_path)[0]
+        reply = ask(deps.target.base_url, item["question"],
+                    system=load_system_prompt(deps.source.system_prompt_path)[0].text)
         live = AdapterStore.for_state_dir(cfg.source.state_path).current()
         summary = {
             "status": result.status, "live_adapter": live.name if live else None,
-            "server": deps.health.base_url, "question": item["question"], "reply": reply,
-            "expected": item["answer"], "probe_before": (result.probe_before or {}).get("correct"),
-            "probe_after": (result.probe_after or {}).get("correct"),
-            "probe_total": (result.probe_after or result.probe_before or {}).get("total"),
+            "server": deps.target.base_url, "question": item["question"], "reply": reply,
+            "expected": item["answer"],
+            "probe_before": result.probe_before.correct if result.probe_before else None,
+            "probe_after": result.probe_after.correct if result.probe_after else None,
+            "probe_total": (result.probe_after or result.probe_before).total
+            if (result.probe_after or result.probe_before) else None,
             "run_dir": str(result.run_dir), "config": str(config_path), "result": result.to_dict(),
         }
         emit(summary, as_json, _summary_text)
@@ -79,7 +83,7 @@ def demo(state: AppState, demo_dir: Path, stop: str, conversations: int, keep_se
         if keep_serving:
             info(f"the server keeps running; stop it with: nightlora -c {config_path} server stop")
         else:
-            deps.manager.stop()
+            deps.target.stop()
 
 
 COMMANDS: list[click.Command] = [demo]

@@ -15,8 +15,7 @@ from nightlora.pipeline.lock import RunLock
 from nightlora.state.db import StateDB
 from nightlora.platform.runner import SubprocessRunner
 from nightlora.schedule import ScheduleStatus, make_schedule, nightly_argv
-from nightlora.targets.health import HealthCheck
-from nightlora.targets.registry import make_manager
+from nightlora.cli.wiring import build_target
 from nightlora.state.store import AdapterStore, Version
 
 
@@ -77,10 +76,9 @@ def rollback(state: AppState, version: str | None, as_json: bool) -> None:
         target = store.get(version) if version else store.previous()
         if target is None:
             raise StoreError("there is no earlier version to roll back to (see `nightlora adapters`)")
-        manager = make_manager(cfg, SubprocessRunner(), store=store)
-        health = HealthCheck.from_config(cfg)
-        info(f"rolling back to {target.name} ({manager.describe()})")
-        result = deploy(store, manager, health, target, log=info)
+        serving = build_target(cfg)
+        info(f"rolling back to {target.name} ({serving.describe()})")
+        result = deploy(store, serving, target, log=info)
         with StateDB.for_state_dir(cfg.source.state_path) as db:
             db.record_deploy(None, "rollback", result.outcome.value, requested=target.name, live=result.live,
                              detail=result.message())

@@ -9,8 +9,10 @@ import click
 
 from nightlora import models
 from nightlora.cli.common import AppState, emit, info, json_option, pass_state
+from nightlora.cli.wiring import build_target
 from nightlora.config import Config
 from nightlora.errors import ModelError, TrainError
+from nightlora.paths import StatePaths
 from nightlora.platform.fsutil import private_dir, remove_stale_temp
 from nightlora.train.base import TrainRequest, read_adapter_meta
 from nightlora.train.hyperparams import choose_hyperparams, format_hyperparams
@@ -18,14 +20,12 @@ from nightlora.train.progress import TqdmProgress
 from nightlora.train.registry import BACKENDS, make_trainer, resolve_backend
 from nightlora.train.splits import read_splits
 
-STAGING_DIR = "adapters-staging"
-
 _dir = click.Path(file_okay=False, path_type=Path)
 
 
 def staging_output(cfg: Config, backend: str) -> Path:
     """A new adapter folder under the state dir; leftovers of killed runs there are cleared first."""
-    parent = private_dir(cfg.source.state_path / STAGING_DIR)
+    parent = private_dir(StatePaths(cfg.source.state_path).staging)
     remove_stale_temp(parent)
     return parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{backend}"
 
@@ -49,7 +49,7 @@ def _summary(record: dict) -> str:
 @click.command()
 @click.option("--data", type=_dir, default=None, help="Dataset folder from `nightlora export` (default: the config's training dir).")
 @click.option("--model", default=None, help="Base model: a folder or a prepared name (default: train.model).")
-@click.option("--out", type=_dir, default=None, help=f"Adapter folder to create (default: a new one under the state dir's {STAGING_DIR}/).")
+@click.option("--out", type=_dir, default=None, help="Adapter folder to create (default: a new one under the state dir's adapters-staging/).")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None, help="auto = mlx on Apple silicon, torch elsewhere.")
 @click.option("--init-adapter", type=_dir, default=None, help="Continue training this adapter (same rank and layers).")
 @click.option("--iters", type=int, default=None, help="Optimizer steps (default: from epochs and data size).")
@@ -70,7 +70,9 @@ def train(state: AppState, data: Path | None, model: str | None, out: Path | Non
     })
     dataset = data or cfg.training_path
     splits = read_splits(dataset)
-    model_dir = models.resolve_model(cfg.train.model, cfg.train.models_dir)
+    # An explicit --model trains that model (an experiment); otherwise the one the night would train.
+    served = None if model is not None else build_target(cfg).served_model()
+    model_dir = models.base_model(cfg.train.model, cfg.models_dir, served)
     hp = choose_hyperparams(cfg.train, len(splits["train"]), len(splits["valid"]), models.num_layers(model_dir))
     if dry_run:
         emit(hp.to_dict(), as_json, format_hyperparams(hp))
@@ -112,7 +114,7 @@ def model_group() -> None:
 @pass_state
 def prepare(state: AppState, name: str, wheel: Path | None, models_dir: Path | None, force: bool, as_json: bool) -> None:
     """Convert a known model (e.g. smollm2-135m) once into a folder every backend loads."""
-    models_dir = models_dir or state.config().train.models_dir
+    models_dir = models_dir or state.config().models_dir
     already = (Path(models_dir).expanduser() / name / models.MODEL_INFO).is_file() and not force
     if not already and name in models.KNOWN_MODELS:
         models.find_wheel(models.KNOWN_MODELS[name], wheel)  # a missing wheel fails before the announcement

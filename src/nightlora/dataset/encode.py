@@ -19,9 +19,9 @@ import orjson
 
 from nightlora.dataset.dedupe import digest_of
 from nightlora.dataset.examples import conversation_examples
-from nightlora.sources.hanni.messages import BadConversation, parse_messages
 from nightlora.dataset.split import split_of
-from nightlora.sources.hanni.db import ConversationRow
+from nightlora.paths import PREFERENCES_STEM
+from nightlora.sources.base import Conversation
 
 # One encoder for every record json writes: json.dumps with options builds a new one per call.
 _json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -34,7 +34,7 @@ _MESSAGE_LISTS = ("messages", "prompt", "chosen", "rejected")
 class Converted:
     """One conversation's outcome: ``skip_reason`` or ``too_short``, else its lines."""
 
-    id: int
+    id: int | str
     rated: bool
     skip_reason: str | None = None
     too_short: bool = False
@@ -73,16 +73,15 @@ def encode_record(record: dict[str, Any]) -> tuple[bytes, bytes]:
     return _encode(record, _stdlib_dumps)
 
 
-def convert_row(row: ConversationRow, system_prompt: str, split: tuple[int, int, int], min_messages: int) -> Converted:
-    out = Converted(row.id, row.rated)
-    try:
-        parsed = parse_messages(row.messages)
-    except BadConversation as e:
-        out.skip_reason = e.reason
+def convert(conv: Conversation, system_prompt: str, split: tuple[int, int, int], min_messages: int) -> Converted:
+    """One source conversation -> its lines (or why it gave none)."""
+    out = Converted(conv.id, conv.rated)
+    if conv.skip_reason:
+        out.skip_reason = conv.skip_reason
         return out
-    part = split_of(row.id, split)
-    conv = conversation_examples(row.id, parsed, row.feedback, system_prompt, split=part, min_messages=min_messages)
-    out.skip_reason, out.too_short, out.feedback_problems = conv.skip_reason, conv.too_short, conv.feedback_problems
-    out.lines = [(part, *encode_record(e)) for e in conv.examples]
-    out.lines += [("preferences", *encode_record(p)) for p in conv.preferences]
+    part = split_of(conv.id, split)
+    ex = conversation_examples(conv.id, conv.messages, conv.ratings, system_prompt, split=part, min_messages=min_messages)
+    out.skip_reason, out.too_short, out.feedback_problems = ex.skip_reason, ex.too_short, ex.feedback_problems
+    out.lines = [(part, *encode_record(e)) for e in ex.examples]
+    out.lines += [(PREFERENCES_STEM, *encode_record(p)) for p in ex.preferences]
     return out

@@ -1,5 +1,8 @@
 """One conversation + its ratings -> training examples and preference pairs.  Pure: no I/O.
 
+The messages come normalized from the source (dataset/messages.py); the rules below are
+the same for every source.
+
 Rules (docs/export.md explains why):
 
 * Every assistant turn with text or tool calls that is not rated -1 is the target of one
@@ -22,13 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from nightlora.sources.hanni.messages import (
-    BadConversation,
-    Message,
-    is_learnable,
-    is_real,
-    normalize_messages,
-)
+from nightlora.dataset.messages import Message, is_learnable, is_real
 from nightlora.dataset.tools import infer_tools
 
 MIN_REAL_MESSAGES = 2
@@ -88,7 +85,7 @@ def _chosen_for(messages: list[Message], ratings: dict[int, int], rejected: int)
     return None, None
 
 
-def _meta(conversation_id: int, index: int, rating: int | None, split: str, target: Message) -> dict[str, Any]:
+def _meta(conversation_id: int | str, index: int, rating: int | None, split: str, target: Message) -> dict[str, Any]:
     return {
         "conversation_id": conversation_id,
         "message_index": index,
@@ -101,8 +98,8 @@ def _meta(conversation_id: int, index: int, rating: int | None, split: str, targ
 
 
 def conversation_examples(
-    conversation_id: int,
-    parsed_messages: Any,
+    conversation_id: int | str,
+    messages: list[Message],
     feedback: Mapping[Any, Any],
     system_prompt: str,
     *,
@@ -111,11 +108,6 @@ def conversation_examples(
 ) -> ConversationExport:
     """Examples and preference records of one conversation (``feedback``: message_index -> rating)."""
     result = ConversationExport()
-    try:
-        messages = normalize_messages(parsed_messages)
-    except BadConversation as e:
-        result.skip_reason = e.reason
-        return result
     if len(messages) < min_messages:
         result.too_short = True
         return result
@@ -152,7 +144,7 @@ def conversation_examples(
 
 
 def _preference(
-    conversation_id: int,
+    conversation_id: int | str,
     messages: list[Message],
     ratings: dict[int, int],
     index: int,

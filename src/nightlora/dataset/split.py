@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-SPLITS = ("train", "valid", "test")
+from nightlora.paths import SPLITS  # noqa: F401  (re-exported: the split names)
 _SALT = b"nightlora-split-v1:"
 
 

@@ -1,4 +1,4 @@
-"""Export Hanni's rated conversations to a fine-tuning dataset, streaming, from one snapshot.
+"""Export a source's rated conversations to a fine-tuning dataset, streaming, from one snapshot.
 
 Writes to the output folder, each file atomically and owner-only:
 
@@ -6,10 +6,10 @@ Writes to the output folder, each file atomically and owner-only:
   (``{"messages": [...], "tools"?: [...], "meta": {...}}``).  A split with no example
   gets no file, because mlx_lm's loader fails on an empty file but accepts a missing one.
 * ``preferences.jsonl``: rated-down replies as preference records.
-* ``manifest.json``, written last: counts, skipped rows by reason, the feedback seen
-  (for ``hanni_db.mark_exported_from_manifest``), hashes and timings.
+* ``manifest.json``, written last (dataset/manifest.py): counts, skipped rows by reason, the
+  feedback seen (what the commit stage marks consumed), hashes and timings.
 
-The per-conversation rules live in ``export_examples``; this module only reads and writes.
+The per-conversation rules live in dataset/examples.py; this module only reads and writes.
 """
 
 from __future__ import annotations
@@ -23,54 +23,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from nightlora.sources.hanni.check import count_feedback
-from nightlora.errors import ExportError, SourceError
 from nightlora.dataset.dedupe import SeenDigests
-from nightlora.dataset.encode import Converted, convert_row
-from nightlora.dataset.split import SPLITS
-from nightlora.platform.fsutil import atomic_open, atomic_write_json, private_dir
-from nightlora.sources.hanni.db import iter_conversations, open_snapshot, orphan_feedback_count, seen_feedback
+from nightlora.dataset.encode import Converted, convert
+from nightlora.dataset.manifest import MANIFEST_FORMAT, write_manifest
+from nightlora.dataset.system_prompt import SystemPrompt
+from nightlora.errors import ExportError
+from nightlora.paths import DATASET_FILES, PREFERENCES_STEM, SPLITS
+from nightlora.platform.fsutil import atomic_open, private_dir
+from nightlora.sources.base import Source
 
-MANIFEST = "manifest.json"
-OUTPUTS = (*(f"{s}.jsonl" for s in SPLITS), "preferences.jsonl", MANIFEST)
-MANIFEST_FORMAT = 1
 WRITE_BUFFER_BYTES = 1 << 20
-
-FALLBACK_SYSTEM_PROMPT = (
-    "You are Hanni, a friendly personal assistant running on the user's own computer. "
-    "Answer briefly and in the language the user writes in."
-)
-
-
-@dataclass(frozen=True)
-class SystemPrompt:
-    text: str
-    path: Path | None
-    builtin: bool
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
-
-
-def load_system_prompt(path: Path | None) -> tuple[SystemPrompt, list[str]]:
-    """The prompt in ``path`` (surrounding whitespace removed), or the built-in one with a warning."""
-    if path is None:
-        return SystemPrompt(FALLBACK_SYSTEM_PROMPT, None, True), ["no system prompt file given; using the built-in prompt"]
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return SystemPrompt(FALLBACK_SYSTEM_PROMPT, path, True), [
-            f"system prompt {path} not found; using the built-in prompt"
-        ]
-    except UnicodeDecodeError:
-        raise SourceError(f"system prompt {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise SourceError(f"cannot read system prompt {path}: {e.strerror}") from None
-    if not text:
-        return SystemPrompt(FALLBACK_SYSTEM_PROMPT, path, True), [f"system prompt {path} is empty; using the built-in prompt"]
-    return SystemPrompt(text, path, False), []
 
 
 class _JsonlFile:
@@ -125,8 +87,8 @@ class _Dataset:
 
     def __init__(self, stack: contextlib.ExitStack, out_dir: Path):
         self._seen = {kind: stack.enter_context(SeenDigests()) for kind in ("examples", "preferences")}
-        self.files = {stem: _JsonlFile(stack, out_dir / f"{stem}.jsonl") for stem in (*SPLITS, "preferences")}
-        self.files["preferences"].open()  # always written, even empty: no loader fails on it
+        self.files = {stem: _JsonlFile(stack, out_dir / f"{stem}.jsonl") for stem in (*SPLITS, PREFERENCES_STEM)}
+        self.files[PREFERENCES_STEM].open()  # always written, even empty: no loader fails on it
         self.skipped: dict[str, list[int]] = defaultdict(list)
         self.conversations = {"total": 0, "exported": 0, "too_short": 0, "skipped": 0, "rated": 0}
         self.duplicates = {"examples": 0, "preferences": 0}
@@ -146,7 +108,7 @@ class _Dataset:
         tally["exported"] += 1
         tally["rated"] += conv.rated
         for stem, digest, line in conv.lines:
-            kind = "preferences" if stem == "preferences" else "examples"
+            kind = "preferences" if stem == PREFERENCES_STEM else "examples"
             if self._seen[kind].add(digest):
                 self.files[stem].write(line)
             else:
@@ -183,42 +145,45 @@ class ExportResult:
 
 
 def export_dataset(
-    db_path: Path,
+    source: Source,
     out_dir: Path,
-    system_prompt_path: Path | None,
+    prompt: SystemPrompt,
     *,
+    consumed: frozenset[str] | set[str] = frozenset(),
     min_messages: int = 4,
     split: tuple[int, int, int] = (80, 10, 10),
+    warnings: list[str] | None = None,
 ) -> ExportResult:
-    """Export every conversation of ``db_path`` with at least ``min_messages`` messages to ``out_dir``.
+    """Export every conversation of ``source`` with at least ``min_messages`` messages to ``out_dir``.
 
-    Never writes to the database.  Reads one snapshot and streams its rows: memory holds
+    Never writes to the source.  Reads one snapshot and streams its rows: memory holds
     one conversation and the write buffers at a time, however large the database.
+    ``consumed``: the feedback ids nightlora already used (left out of the counts and of ``seen``).
     """
     t0 = time.monotonic()
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    prompt, warnings = load_system_prompt(system_prompt_path)
+    warnings = list(warnings or [])
     out_dir = Path(out_dir)
     try:
         if not out_dir.exists():
             private_dir(out_dir)
         # Temp files of a killed export; only ours: the folder may be one the user also uses.
-        for name in OUTPUTS:
+        for name in DATASET_FILES:
             for leftover in out_dir.glob(f".{name}.*.tmp"):
                 leftover.unlink(missing_ok=True)
     except OSError as e:
         raise ExportError(f"cannot create output folder {out_dir}: {e.strerror}") from None
 
-    with open_snapshot(db_path) as conn:
-        gate = count_feedback(conn, 0)
-        seen = seen_feedback(conn)
-        orphans = orphan_feedback_count(conn)
+    with source.snapshot(consumed) as snap:
+        gate = snap.counts(0)
+        seen = snap.seen()
+        orphans = snap.orphans()
         t_snapshot = time.monotonic()
         try:
             with contextlib.ExitStack() as stack:
                 dataset = _Dataset(stack, out_dir)
-                for row in iter_conversations(conn):
-                    dataset.add(convert_row(row, prompt.text, split, min_messages))
+                for conv in snap.conversations():
+                    dataset.add(convert(conv, prompt.text, split, min_messages))
                 dataset.flush()
             dataset.remove_unwritten()
         except OSError as e:
@@ -228,7 +193,8 @@ def export_dataset(
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "created_at": created_at,
-        "db_path": str(Path(db_path).absolute()),
+        "source": {"kind": source.kind, "key": source.key},
+        "db_path": source.location,
         "min_messages": min_messages,
         "split": list(split),
         "counts": {stem: f.lines for stem, f in dataset.files.items()},
@@ -253,9 +219,5 @@ def export_dataset(
         },
         "warnings": warnings,
     }
-    manifest_path = out_dir / MANIFEST
-    try:
-        atomic_write_json(manifest_path, manifest)
-    except OSError as e:
-        raise ExportError(f"cannot write {manifest_path}: {e.strerror}") from None
-    return ExportResult(out_dir, manifest_path, manifest, warnings)
+    path = write_manifest(out_dir, manifest)
+    return ExportResult(out_dir, path, manifest, warnings)

@@ -9,9 +9,10 @@ import socket
 from pathlib import Path
 
 from nightlora.config import Config, load_config
+from nightlora.config_section import toml_str
 from nightlora.demo.database import build_demo_db
-from nightlora.platform.fsutil import atomic_write_text
 from nightlora.models import prepare_model
+from nightlora.platform.fsutil import atomic_write_text
 
 DEMO_PORT = 8234
 
@@ -26,23 +27,20 @@ def _free_port(preferred: int) -> int:
             return s.getsockname()[1]
 
 
-def _toml_str(p: Path | str) -> str:
-    return '"' + str(p).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def write_demo_config(path: Path, data_dir: Path, models_dir: Path, port: int, stop: str) -> None:
     atomic_write_text(path, f"""\
 # Written by `nightlora demo`: the Hanni preset pointed at a demo data folder.
 [source]
-data_dir = {_toml_str(data_dir)}
+data_dir = {toml_str(data_dir)}
 
 [train]
 model = "smollm2-135m"
-models_dir = {_toml_str(models_dir)}
+models_dir = {toml_str(models_dir)}
 # A demo on a laptop CPU should end in minutes: at most 40 steps (a real night's ceiling is 1000).
 max_iters = 40
 
-[server]
+[target]
+kind = "mlx_lm"
 manager = "process"
 port = {port}
 stop_during_training = "{stop}"

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from nightlora.errors import LockError
+from nightlora.paths import StatePaths
 from nightlora.platform.fsutil import PRIVATE_FILE, private_dir
-from nightlora.targets.mlx_lm.process import process_identity
+from nightlora.platform.processes import process_identity
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class RunLock:
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> "RunLock":
-        return cls(Path(state_dir) / "run.lock")
+        return cls(StatePaths(Path(state_dir)).lock)
 
     @property
     def held(self) -> bool:

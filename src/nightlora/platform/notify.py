@@ -2,23 +2,21 @@
 
 macOS: ``osascript`` with the text passed as arguments to an ``on run argv``
 handler, so no quote or backslash in a message can change the AppleScript.
-Linux: ``notify-send`` when installed.  A notification that fails is logged and
-forgotten: it must never break the run.
+Linux: ``notify-send`` when installed.  A notification that fails is logged (to the
+run's log) and forgotten: it must never break the run.
 """
 
 from __future__ import annotations
 
-import logging
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Protocol
 
 from nightlora.platform.runner import CommandRunner, SubprocessRunner
 
-log = logging.getLogger(__name__)
-TITLE = "Hanni"
+Log = Callable[[str], None]
 
 _APPLESCRIPT = (
     "-e", "on run argv",
@@ -44,15 +42,16 @@ def notify_send_argv(title: str, text: str) -> list[str]:
 class CommandNotifier:
     runner: CommandRunner
     build: Callable[[str, str], list[str]]
+    log: Log = field(default=lambda msg: None)
 
     def notify(self, title: str, text: str) -> bool:
         try:
             r = self.runner.run(self.build(title, text), timeout=15)
         except Exception as e:  # never let a notification end the run
-            log.warning("notification failed: %s", e)
+            self.log(f"notification failed: {e}")
             return False
         if not r.ok:
-            log.warning("notification failed: %s", r.summary())
+            self.log(f"notification failed: {r.summary()}")
         return r.ok
 
 
@@ -61,17 +60,24 @@ class NullNotifier:
         return False
 
 
+# program -> (the platforms it is used on, its argv); the first one installed is used.
+NOTIFIERS: dict[str, tuple[tuple[str, ...], Callable[[str, str], list[str]]]] = {
+    "osascript": (("darwin",), osascript_argv),
+    "notify-send": (("linux", "freebsd", "openbsd", "netbsd"), notify_send_argv),
+}
+
+
 def make_notifier(
     runner: CommandRunner | None = None,
     *,
     platform: str = sys.platform,
     which: Callable[[str], str | None] = shutil.which,
+    log: Log = lambda msg: None,
 ) -> Notifier:
     runner = runner or SubprocessRunner()
-    if platform == "darwin" and which("osascript"):
-        return CommandNotifier(runner, osascript_argv)
-    if which("notify-send"):
-        return CommandNotifier(runner, notify_send_argv)
+    for program, (platforms, build) in NOTIFIERS.items():
+        if platform.startswith(platforms) and which(program):
+            return CommandNotifier(runner, build, log)
     return NullNotifier()
 
 
@@ -79,10 +85,10 @@ def _clock(at: datetime) -> str:
     return at.strftime("%H:%M")
 
 
-def announce_downtime(notifier: Notifier, expected_end: datetime | None, title: str = TITLE) -> bool:
+def announce_downtime(notifier: Notifier, expected_end: datetime | None, title: str = "nightlora") -> bool:
     when = f" It should be back around {_clock(expected_end)}." if expected_end else ""
     return notifier.notify(title, f"Learning from your feedback: the assistant is offline for a while.{when}")
 
 
-def announce_back(notifier: Notifier, message: str, title: str = TITLE) -> bool:
+def announce_back(notifier: Notifier, message: str, title: str = "nightlora") -> bool:
     return notifier.notify(title, f"The assistant is back. {message}".strip())

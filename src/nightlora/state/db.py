@@ -1,41 +1,27 @@
-"""What each run did: the tool's own state database, and a row in the app's flywheel_cycles.
+"""What each run did: the tool's own state database, and the app's own record when it keeps one.
 
-``<state>/state.db`` is ours (schema in migrations.py).  The app's database is
-the user's: we write to it only when it is really Hanni's (it has a
-``conversations`` table), one short transaction at a time with a busy timeout,
-and a failure there is logged, never fatal: the app may hold a lock, or be
-mid-migration, while we run at 3 a.m.
+``<state>/state.db`` is ours (schema in migrations.py): runs, deploys, and the feedback
+each promoted night consumed (state/cursor.py).  The app's record (Hanni's
+flywheel_cycles) comes from the source (``Source.app_recorder``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import sqlite3
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from nightlora.sources.base import AppRecorder
+
+from nightlora.errors import StateError
+from nightlora.paths import StatePaths
 from nightlora.platform.fsutil import private_dir
 from nightlora.state.migrations import migrate
 
-log = logging.getLogger(__name__)
-
 BUSY_TIMEOUT_S = 5.0
-# The app's own definition (Hanni's db.rs); used only when the table is missing.
-FLYWHEEL_SCHEMA = """
-CREATE TABLE IF NOT EXISTS flywheel_cycles (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    started_at TEXT NOT NULL,
-    finished_at TEXT,
-    status TEXT NOT NULL DEFAULT 'running',
-    train_pairs INTEGER DEFAULT 0,
-    eval_score REAL,
-    notes TEXT,
-    adapter_path TEXT
-)
-"""
 FINAL_STATUSES = ("completed", "skipped", "rolled_back", "failed", "interrupted")
 
 
@@ -83,7 +69,7 @@ class StateDB:
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> "StateDB":
-        return cls(Path(state_dir) / "state.db")
+        return cls(StatePaths(Path(state_dir)).state_db)
 
     def close(self) -> None:
         self.conn.close()
@@ -97,7 +83,7 @@ class StateDB:
     def _row(self, run_id: int) -> RunRecord:
         row = self.conn.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
-            raise KeyError(f"no run {run_id}")
+            raise StateError(f"{self.path} has no run {run_id}")
         return RunRecord(**dict(row))
 
     def start_run(self, *, run_dir: Path | str | None = None, stage: str = "start", started_at: str | None = None) -> RunRecord:
@@ -121,9 +107,6 @@ class StateDB:
     def finish_run(self, run_id: int, status: str, exit_code: int, **values: Any) -> RunRecord:
         return self.update_run(run_id, status=status, exit_code=exit_code,
                                finished_at=values.pop("finished_at", None) or now_local(), **values)
-
-    def get_run(self, run_id: int) -> RunRecord:
-        return self._row(run_id)
 
     def recent_runs(self, limit: int = 20) -> list[RunRecord]:
         rows = self.conn.execute(
@@ -154,82 +137,17 @@ class StateDB:
         return [dict(r) for r in rows]
 
 
-class HanniCycles:
-    """The app's ``flywheel_cycles`` table, so the app shows what each night did."""
-
-    def __init__(self, db_path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S):
-        self.db_path = Path(db_path)
-        self.busy_timeout_s = busy_timeout_s
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # mode=rw: never create the app's database when it is missing.
-        conn = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?mode=rw", uri=True, timeout=self.busy_timeout_s)
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-    def is_hanni(self) -> bool:
-        if not self.db_path.is_file():
-            return False
-        try:
-            with self._connect() as conn:
-                row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'conversations'").fetchone()
-        except sqlite3.Error:
-            return False
-        return row is not None
-
-    def start(self, started_at: str | None = None) -> int | None:
-        """Insert a 'running' cycle; its id, or None when this is not Hanni's database or it failed."""
-        if not self.is_hanni():
-            return None
-        try:
-            with self._connect() as conn, conn:
-                conn.execute(FLYWHEEL_SCHEMA)
-                cur = conn.execute(
-                    "INSERT INTO flywheel_cycles (started_at, status) VALUES (?, 'running')",
-                    (started_at or now_local(),),
-                )
-                return int(cur.lastrowid)
-        except sqlite3.Error as e:
-            log.warning("could not record the run in %s: %s", self.db_path, e)
-            return None
-
-    def finish(
-        self,
-        cycle_id: int,
-        status: str,
-        *,
-        train_pairs: int | None = None,
-        eval_score: float | None = None,
-        notes: str | None = None,
-        adapter_path: str | None = None,
-        finished_at: str | None = None,
-    ) -> bool:
-        try:
-            with self._connect() as conn, conn:
-                cur = conn.execute(
-                    "UPDATE flywheel_cycles SET finished_at = ?, status = ?, train_pairs = COALESCE(?, train_pairs), "
-                    "eval_score = ?, notes = ?, adapter_path = ? WHERE id = ?",
-                    (finished_at or now_local(), status, train_pairs, eval_score, notes, adapter_path, cycle_id),
-                )
-                return cur.rowcount == 1
-        except sqlite3.Error as e:
-            log.warning("could not record the run's end in %s: %s", self.db_path, e)
-            return False
-
-
 class RunRecorder:
-    """One run's record in both places: start a row at the start, complete it at the end."""
+    """One run's record in both places (ours, and the app's when it keeps one): a row at the start,
+    completed at the end."""
 
-    def __init__(self, state: StateDB, hanni: HanniCycles | None = None):
+    def __init__(self, state: StateDB, app: AppRecorder | None = None):
         self.state = state
-        self.hanni = hanni
+        self.app = app
 
     def start(self, run_dir: Path | str | None = None) -> RunRecord:
         rec = self.state.start_run(run_dir=run_dir)
-        cycle = self.hanni.start(rec.started_at) if self.hanni is not None else None
+        cycle = self.app.start(rec.started_at) if self.app is not None else None
         if cycle is not None:
             rec = self.state.update_run(rec.id, hanni_cycle_id=cycle)
         return rec
@@ -253,7 +171,7 @@ class RunRecorder:
             raise ValueError(f"status must be one of {', '.join(FINAL_STATUSES)}, not {status!r}")
         rec = self.state.finish_run(run_id, status, exit_code, train_pairs=train_pairs, eval_score=eval_score,
                                     adapter_version=adapter_version, notes=notes)
-        if self.hanni is not None and rec.hanni_cycle_id is not None:
-            self.hanni.finish(rec.hanni_cycle_id, status, train_pairs=train_pairs, eval_score=eval_score,
+        if self.app is not None and rec.hanni_cycle_id is not None:
+            self.app.finish(rec.hanni_cycle_id, status, train_pairs=train_pairs, eval_score=eval_score,
                               notes=notes, adapter_path=adapter_path, finished_at=rec.finished_at)
         return rec

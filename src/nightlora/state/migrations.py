@@ -97,3 +97,20 @@ def m003_deploys(conn: sqlite3.Connection) -> None:
         )
         """
     )
+
+
+@migration
+def m004_consumed_feedback(conn: sqlite3.Connection) -> None:
+    # The feedback each promoted night used, per source (state/cursor.py): the gate counts
+    # only what is not here, whatever the source's own flags say.
+    conn.execute(
+        """
+        CREATE TABLE consumed_feedback (
+            source TEXT NOT NULL,
+            key TEXT NOT NULL,
+            run_id INTEGER REFERENCES runs(id),
+            consumed_at TEXT NOT NULL,
+            PRIMARY KEY (source, key)
+        ) WITHOUT ROWID
+        """
+    )

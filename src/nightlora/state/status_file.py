@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+from nightlora.paths import StatePaths
 from nightlora.platform.fsutil import atomic_write_json
 
 State = Literal["idle", "running", "done", "failed"]
@@ -76,7 +77,7 @@ class StatusWriter:
 
     @classmethod
     def for_state_dir(cls, state_dir: Path, **kw: Any) -> "StatusWriter":
-        return cls(Path(state_dir) / "status.json", **kw)
+        return cls(StatePaths(Path(state_dir)).status, **kw)
 
     def update(self, **changes: Any) -> Status:
         changes.setdefault("updated", _now().isoformat(timespec="seconds"))

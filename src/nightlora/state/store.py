@@ -2,8 +2,13 @@
 
     <state>/adapters/
         v0001/  adapters.safetensors  adapter_config.json  nightlora.json  version.json  [peft/]
-        v0002/  ...
+        v0002/  peft/  nightlora.json  version.json
         current -> v0002
+
+A version holds the adapter in each format the targets need, side by side: mlx_lm's
+files at the top (so ``mlx_lm server --adapter-path <store>/current`` reads them) and
+PEFT's in ``peft/`` (transformers, vLLM).  Which formats a version has is read from
+its files (``Version.formats``).
 
 A version folder appears only complete (built under a temp name, then renamed);
 versions are never modified except for their ``version.json`` (eval score, a
@@ -26,13 +31,24 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nightlora.errors import StoreError
+from nightlora.paths import AdapterFiles, StatePaths
 from nightlora.platform.fsutil import atomic_dir, atomic_write_json, private_dir, remove_stale_temp
 
-# What mlx_lm's --adapter-path needs at the top of a version folder.
-ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
-TRAINER_META = "nightlora.json"   # written by the trainer: metrics, config, manifest hash
-VERSION_META = "version.json"     # written by the store: what the store knows about the version
+TRAINER_META = AdapterFiles.TRAINER_META
+VERSION_META = AdapterFiles.VERSION_META
 CURRENT = "current"
+FORMATS = ("mlx", "peft")
+
+
+def format_dir(version_dir: Path, fmt: str) -> Path:
+    """Where a version folder keeps the files of ``fmt``."""
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown adapter format {fmt!r} (known: {', '.join(FORMATS)})")
+    return Path(version_dir) if fmt == "mlx" else Path(version_dir) / AdapterFiles.PEFT_SUBDIR
+
+
+def formats_in(version_dir: Path) -> tuple[str, ...]:
+    return tuple(f for f in FORMATS if AdapterFiles.format_of(format_dir(version_dir, f)) == f)
 _NAME = re.compile(r"^v(\d{4,})$")
 
 
@@ -58,9 +74,20 @@ class Version:
     rejected: str | None = None
     trainer: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return formats_in(self.path)
+
+    def adapter_dir(self, fmt: str) -> Path:
+        """The folder of this version's adapter in ``fmt`` (StoreError if the version lacks it)."""
+        if fmt not in self.formats:
+            raise StoreError(f"{self.name} has no {fmt} adapter (it has: {', '.join(self.formats) or 'none'})")
+        return format_dir(self.path, fmt)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"] = str(self.path)
+        d["formats"] = list(self.formats)
         return d
 
 
@@ -72,6 +99,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _adapter_config(version_dir: Path) -> dict[str, Any]:
+    for fmt in FORMATS:
+        cfg = _read_json(format_dir(version_dir, fmt) / AdapterFiles.MLX_CONFIG)
+        if cfg:
+            return cfg
+    return {}
 
 
 def _base_model_of(trainer: Mapping[str, Any], adapter_config: Mapping[str, Any]) -> str | None:
@@ -89,12 +124,16 @@ class AdapterStore:
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> "AdapterStore":
-        return cls(Path(state_dir) / "adapters")
+        return cls(StatePaths(Path(state_dir)).adapters)
 
     @property
     def current_link(self) -> Path:
         """The stable path the server is pointed at (``--adapter-path``)."""
         return self.root / CURRENT
+
+    def stable_path(self, fmt: str) -> Path:
+        """The live version's ``fmt`` folder through ``current``: a path that never changes across nights."""
+        return format_dir(self.current_link, fmt)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -110,7 +149,7 @@ class AdapterStore:
             number=int(m.group(1)),
             path=path,
             created_at=meta.get("created_at"),
-            base_model=meta.get("base_model") or _base_model_of(trainer, _read_json(path / "adapter_config.json")),
+            base_model=meta.get("base_model") or _base_model_of(trainer, _adapter_config(path)),
             data_counts={str(k): int(v) for k, v in counts.items() if isinstance(v, int)},
             eval_score=float(score) if isinstance(score, (int, float)) else None,
             run_id=meta.get("run_id") if isinstance(meta.get("run_id"), int) else None,
@@ -172,15 +211,19 @@ class AdapterStore:
     ) -> Version:
         """Move a finished adapter folder in as the next version; ``adapter_dir`` is consumed.
 
-        The version appears whole or not at all: its files are gathered under a
-        temp name and the folder is renamed into place last.
+        ``adapter_dir`` is laid out as a version (mlx_lm files at the top, PEFT files in
+        ``peft/``) with at least one format complete.  The version appears whole or not at
+        all: its files are gathered under a temp name and the folder is renamed into place last.
         """
         src = Path(adapter_dir)
         if not src.is_dir():
             raise StoreError(f"adapter folder not found: {src}")
-        missing = [f for f in ADAPTER_FILES if not (src / f).is_file()]
-        if missing:
-            raise StoreError(f"{src} is not an mlx_lm adapter: missing {', '.join(missing)}")
+        if not formats_in(src):
+            # Name what is missing of the format that is partly there (mlx_lm's when neither is).
+            fmt = "peft" if (src / AdapterFiles.PEFT_SUBDIR / AdapterFiles.PEFT_WEIGHTS).is_file() else "mlx"
+            folder = format_dir(src, fmt)
+            missing = [f for f in AdapterFiles.REQUIRED[fmt] if not (folder / f).is_file()]
+            raise StoreError(f"{src} is not a {'PEFT' if fmt == 'peft' else 'mlx_lm'} adapter: missing {', '.join(missing)}")
         if self.root.resolve() in src.resolve().parents:
             raise StoreError(f"{src} is already inside the adapter store")
         private_dir(self.root)
@@ -192,7 +235,7 @@ class AdapterStore:
         meta = {
             "version": name,
             "created_at": created_at or utc_now(),
-            "base_model": base_model or _base_model_of(trainer, _read_json(src / "adapter_config.json")),
+            "base_model": base_model or _base_model_of(trainer, _adapter_config(src)),
             "data_counts": dict(data_counts or {}),
             "eval_score": eval_score,
             "run_id": run_id,

@@ -1,16 +1,17 @@
 """Put an adapter live without ever leaving the assistant down.
 
-Each step points the store's ``current`` at a version (or at nothing), configures
-the server for it, restarts it and checks health.  The steps form a fallback
-chain, tried in order until one is healthy:
+Each step points the store's ``current`` at a version (or at nothing), asks the
+target to serve it (targets/base.py: the mlx_lm target reconfigures and restarts
+its server) and checks health.  The steps form a fallback chain, tried in order
+until one is healthy:
 
     deploy:   the new version  ->  the version that was live before  ->  no adapter
     restore:  the live version ->  the one before it                 ->  no adapter
 
 The ``current`` pointer always ends on what is actually served.  A new version
 whose server failed while a fallback worked is marked rejected in the store, so
-it is never chosen as a rollback target.  With manager "none" the server is not
-ours: the pointer is switched and health is reported, nothing is restarted.
+it is never chosen as a rollback target.  A target that is not ours (kind "none")
+gets the pointer switched and its health reported; nothing is restarted.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from nightlora.errors import HealthError, NightloraError
-from nightlora.targets.mlx_lm.manager import ServerManager
-from nightlora.targets.health import HealthResult
 from nightlora.state.store import AdapterStore, Version
+from nightlora.targets.base import Served, Target
+from nightlora.targets.health import HealthResult
 
 
 class Outcome(str, Enum):
@@ -32,12 +33,8 @@ class Outcome(str, Enum):
     UNCHANGED = "unchanged"      # restore(): the server was already healthy, nothing touched
     ROLLED_BACK = "rolled_back"  # the requested/live version failed; an older one serves
     NO_ADAPTER = "no_adapter"    # every version failed; the base model serves
-    UNMANAGED = "unmanaged"      # manager "none": pointer switched, the server is someone else's
+    UNMANAGED = "unmanaged"      # target "none": pointer switched, the server is someone else's
     DOWN = "down"                # nothing could be made healthy
-
-
-class Health(Protocol):
-    def __call__(self, alive: Callable[[], bool] | None = None) -> HealthResult: ...
 
 
 @dataclass(frozen=True)
@@ -100,17 +97,19 @@ def _nolog(_: str) -> None:
     pass
 
 
-def _serve(store: AdapterStore, manager: ServerManager, health: Health, version: Version | None, log: Log) -> Attempt:
+def served(store: AdapterStore, fmt: str, version: Version) -> Served:
+    """The paths of ``version``'s adapter in format ``fmt``."""
+    return Served(version.name, version.adapter_dir(fmt), store.stable_path(fmt))
+
+
+def _serve(store: AdapterStore, target: Target, version: Version | None, log: Log) -> Attempt:
     key = version.name if version else None
     label = key or "no adapter"
     t0 = time.monotonic()
     try:
+        adapter = served(store, target.adapter_format, version) if version else None
         store.set_current(version)
-        manager.configure(store.current_link if version else None)
-        manager.stop()
-        log(f"starting the server with {label}")
-        manager.start()
-        h = health(alive=manager.is_running)
+        h = target.activate(adapter, log)
     except (NightloraError, OSError) as e:
         # A step that cannot even be tried (a plist we may not write, launchctl refusing) is a
         # failed step like any other: the chain goes on to the next fallback.
@@ -121,22 +120,15 @@ def _serve(store: AdapterStore, manager: ServerManager, health: Health, version:
     if h.ok:
         log(f"{label}: healthy in {h.total_s:.1f} s")
     else:
-        reason += _log_hint(manager)
+        line = target.last_error()
+        reason += f" (server log: {line})" if line else ""
         log(f"{label}: {reason}")
     return Attempt(key, h.ok, reason, time.monotonic() - t0, h)
 
 
-def _log_hint(manager: ServerManager) -> str:
-    """The server's last error line, when the manager keeps its log (the process manager does)."""
-    last_error = getattr(manager, "last_error", None)
-    line = last_error() if callable(last_error) else ""
-    return f" (server log: {line})" if line else ""
-
-
 def _chain(
     store: AdapterStore,
-    manager: ServerManager,
-    health: Health,
+    target: Target,
     steps: list[tuple[Version | None, Outcome]],
     *,
     requested: Version | None,
@@ -151,7 +143,7 @@ def _chain(
         if key in seen:
             continue
         seen.add(key)
-        a = _serve(store, manager, health, version, log)
+        a = _serve(store, target, version, log)
         attempts.append(a)
         if a.ok:
             if reject_requested and requested is not None and len(attempts) > 1:
@@ -161,7 +153,7 @@ def _chain(
     # (launchd's KeepAlive, the app, tomorrow's run) tries that first.
     store.set_current(fallback_pointer)
     try:
-        manager.configure(store.current_link if fallback_pointer else None)
+        target.remember(served(store, target.adapter_format, fallback_pointer) if fallback_pointer else None)
     except (NightloraError, OSError) as e:
         log(f"cannot configure the server for {fallback_pointer.name if fallback_pointer else 'no adapter'}: {e}")
     return DeployResult(Outcome.DOWN, None, requested.name if requested else None, attempts,
@@ -170,33 +162,31 @@ def _chain(
 
 def deploy(
     store: AdapterStore,
-    manager: ServerManager,
-    health: Health,
+    target: Target,
     version: Version | str,
     *,
     log: Log = _nolog,
 ) -> DeployResult:
     """Serve ``version``; on failure fall back to the version live before, then to no adapter."""
-    target = store.get(version.name if isinstance(version, Version) else version)
+    wanted = store.get(version.name if isinstance(version, Version) else version)
     before = store.current()
-    if not manager.managed:
-        store.set_current(target)
-        h = health()
-        log(f"{target.name} is current; the server is not ours to restart ({'healthy' if h.ok else h.reason})")
-        return DeployResult(Outcome.UNMANAGED, target.name, target.name,
-                            [Attempt(target.name, h.ok, h.reason, h.total_s, h)], h)
-    steps: list[tuple[Version | None, Outcome]] = [(target, Outcome.LIVE)]
+    if not target.managed:
+        store.set_current(wanted)
+        h = target.health()
+        log(f"{wanted.name} is current; the server is not ours to restart ({'healthy' if h.ok else h.reason})")
+        return DeployResult(Outcome.UNMANAGED, wanted.name, wanted.name,
+                            [Attempt(wanted.name, h.ok, h.reason, h.total_s, h)], h)
+    steps: list[tuple[Version | None, Outcome]] = [(wanted, Outcome.LIVE)]
     if before is not None:
         steps.append((before, Outcome.ROLLED_BACK))
     steps.append((None, Outcome.NO_ADAPTER))
-    return _chain(store, manager, health, steps, requested=target, reject_requested=True,
+    return _chain(store, target, steps, requested=wanted, reject_requested=True,
                   fallback_pointer=before, log=log)
 
 
 def restore(
     store: AdapterStore,
-    manager: ServerManager,
-    health: Health,
+    target: Target,
     *,
     log: Log = _nolog,
 ) -> DeployResult:
@@ -206,12 +196,12 @@ def restore(
     """
     current = store.current()
     name = current.name if current else None
-    if not manager.managed:
-        h = health()
+    if not target.managed:
+        h = target.health()
         outcome = Outcome.UNMANAGED if h.ok else Outcome.DOWN
         return DeployResult(outcome, name if h.ok else None, name, [Attempt(name, h.ok, h.reason, h.total_s, h)], h)
-    if manager.is_running():
-        h = health(alive=manager.is_running)
+    if target.is_running():
+        h = target.health()
         if h.ok:
             return DeployResult(Outcome.UNCHANGED, name, name, [Attempt(name, True, "", h.total_s, h)], h)
         log(f"the running server is not healthy ({h.reason}); restarting it")
@@ -221,5 +211,5 @@ def restore(
         if previous is not None:
             steps.append((previous, Outcome.ROLLED_BACK))
         steps.append((None, Outcome.NO_ADAPTER))
-    return _chain(store, manager, health, steps, requested=current, reject_requested=False,
+    return _chain(store, target, steps, requested=current, reject_requested=False,
                   fallback_pointer=current, log=log)

@@ -44,6 +44,7 @@ class HealthResult:
     attempts: int = 0
     reply: str = ""
     models: list[str] = field(default_factory=list)
+    adapter: str | None = None    # the adapter version the server was serving when checked (None: none)
 
     def raise_for_health(self) -> "HealthResult":
         if not self.ok:
@@ -155,6 +156,7 @@ def check_health(
     prompt: str = DEFAULT_PROMPT,
     max_tokens: int = 16,
     model: str | None = None,
+    adapter: str | None = None,
     alive: Callable[[], bool] | None = None,
     client: httpx.Client | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -163,7 +165,8 @@ def check_health(
 ) -> HealthResult:
     """Poll ``base_url`` with exponential back-off (0.2 s doubling up to ``max_wait``) until
     healthy or ``timeout`` seconds passed.  ``alive`` (e.g. the manager's is_running) ends the
-    wait early when the server's process is gone."""
+    wait early when the server's process is gone.  ``model`` is sent as the request's model (a
+    server that serves adapters by name answers with that adapter); ``adapter`` is only recorded."""
     base = base_url.rstrip("/")
     start = clock()
     deadline = start + timeout
@@ -203,6 +206,7 @@ def check_health(
         attempts=poll.attempts,
         reply=poll.reply if not reason else "",
         models=poll.models,
+        adapter=adapter,
     )
 
 
@@ -218,15 +222,8 @@ class HealthCheck:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
 
-    def __call__(self, alive: Callable[[], bool] | None = None) -> HealthResult:
+    def __call__(self, alive: Callable[[], bool] | None = None, adapter: str | None = None) -> HealthResult:
         return check_health(
             self.base_url, timeout=self.timeout, prompt=self.prompt, max_tokens=self.max_tokens,
-            model=self.model, alive=alive, clock=self.clock, sleep=self.sleep,
+            model=self.model, adapter=adapter, alive=alive, clock=self.clock, sleep=self.sleep,
         )
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "HealthCheck":
-        host = cfg.server.host
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        host = f"[{host}]" if ":" in host else host
-        return cls(base_url=f"http://{host}:{cfg.server.port}", timeout=cfg.server.health_timeout)

@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Protocol
 
-ADAPTER_META = "nightlora.json"
+from nightlora.dataset.manifest import manifest_sha256, try_read_manifest  # noqa: F401  (trainers use both)
+from nightlora.paths import AdapterFiles
+
+ADAPTER_META = AdapterFiles.TRAINER_META
 
 
 @dataclass(frozen=True)
@@ -88,30 +91,17 @@ class Trainer(Protocol):
     def train(self, request: TrainRequest, progress: ProgressFn | None = None) -> TrainMetrics: ...
 
 
-def manifest_sha256(dataset_dir: Path) -> str | None:
-    """Hash of the export's manifest.json: ties an adapter to the exact data it saw."""
-    import hashlib
-
-    path = Path(dataset_dir) / "manifest.json"
-    if not path.is_file():
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_adapter_meta(adapter_dir: Path, request: TrainRequest, metrics: TrainMetrics) -> None:
     """Save the config and data provenance beside the weights (call inside atomic_dir)."""
-    import json
-
     from nightlora.platform.fsutil import atomic_write_json
 
-    manifest = Path(request.dataset_dir) / "manifest.json"
     atomic_write_json(Path(adapter_dir) / ADAPTER_META, {
         "format_version": 1,
         "metrics": metrics.to_dict(),
         "base_model": str(request.base_model),
         "init_adapter": str(request.init_adapter) if request.init_adapter else None,
         "dataset_dir": str(request.dataset_dir),
-        "manifest": json.loads(manifest.read_text()) if manifest.is_file() else None,
+        "manifest": try_read_manifest(request.dataset_dir),
     })
 
 

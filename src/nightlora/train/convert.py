@@ -30,18 +30,20 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from nightlora.errors import ModelError
-from nightlora.platform.fsutil import atomic_dir, atomic_write_json
+from nightlora.platform.fsutil import atomic_dir, atomic_write_json, private_dir
 from nightlora.models import num_layers as model_layers
+from nightlora.paths import AdapterFiles
 from nightlora.train.base import ADAPTER_META
 
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_CONFIG = "adapter_config.json"
-MLX_WEIGHTS = "adapters.safetensors"
-MLX_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = AdapterFiles.PEFT_WEIGHTS
+PEFT_CONFIG = AdapterFiles.PEFT_CONFIG
+MLX_WEIGHTS = AdapterFiles.MLX_WEIGHTS
+MLX_CONFIG = AdapterFiles.MLX_CONFIG
 PEFT_PREFIX = "base_model.model."
 # A module inside a numbered transformer block: "model.layers.3.self_attn.q_proj".
 # Lazy, so that the first numbered segment is the block (not an expert index further in).
@@ -310,3 +312,25 @@ def mlx_to_peft(src: Path, dst: Path, base_model: Path) -> Path:
         atomic_write_json(tmp / PEFT_CONFIG, peft_cfg)
         _copy_meta(src, tmp, "peft")
     return dst
+
+
+def version_folder(adapter: Path, native: str, formats: Iterable[str], base_model: Path, work: Path) -> Path:
+    """The trained ``adapter`` (in its ``native`` format) as a folder laid out as a store version,
+    holding it in every format of ``formats`` as well: mlx_lm's files at the top, PEFT's in
+    ``peft/``.  ``adapter`` is moved inside; ``work`` is where a new folder may be made."""
+    import shutil
+
+    adapter, wanted = Path(adapter), set(formats) | {native}
+    if native == "mlx":
+        if "peft" in wanted:
+            mlx_to_peft(adapter, adapter / AdapterFiles.PEFT_SUBDIR, base_model)
+        return adapter
+    root = peft_to_mlx(adapter, Path(work), base_model) if "mlx" in wanted else private_dir(Path(work))
+    shutil.move(str(adapter), str(root / AdapterFiles.PEFT_SUBDIR))
+    meta_path = root / ADAPTER_META
+    peft_meta = root / AdapterFiles.PEFT_SUBDIR / ADAPTER_META
+    meta = json.loads((meta_path if meta_path.is_file() else peft_meta).read_text())
+    if "mlx" in wanted:
+        meta["converted_from"]["path"] = AdapterFiles.PEFT_SUBDIR  # where the PEFT original now lives
+    atomic_write_json(meta_path, meta)
+    return root

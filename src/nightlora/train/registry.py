@@ -1,4 +1,4 @@
-"""Choosing the training backend: mlx on Apple silicon, torch elsewhere."""
+"""The training backends: ``[train] backend = ...`` (auto: mlx on Apple silicon, torch elsewhere)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import platform
 from nightlora.errors import TrainError
 from nightlora.train.base import Trainer
 
-BACKENDS = ("auto", "mlx", "torch")
+# name -> ("module:class", the pip extra that brings its framework); imported only when chosen.
+TRAINERS: dict[str, tuple[str, str]] = {
+    "mlx": ("nightlora.train.mlx.backend:MlxTrainer", "mlx"),
+    "torch": ("nightlora.train.torch.backend:TorchTrainer", "torch"),
+}
+BACKENDS = ("auto", *TRAINERS)
 
 
 def resolve_backend(backend: str) -> str:
     """The backend's name: "auto" becomes the one that runs best on this machine."""
-    if backend not in BACKENDS:
+    if backend != "auto" and backend not in TRAINERS:
         raise TrainError(f"unknown training backend {backend!r} (known: {', '.join(BACKENDS)})")
     if backend != "auto":
         return backend
@@ -21,15 +26,12 @@ def resolve_backend(backend: str) -> str:
 
 def make_trainer(backend: str) -> Trainer:
     """A trainer for ``backend``; its framework is imported only now, so the CLI starts fast."""
+    import importlib
+
     name = resolve_backend(backend)
+    target, extra = TRAINERS[name]
+    module, _, cls = target.partition(":")
     try:
-        if name == "mlx":
-            from nightlora.train.mlx.backend import MlxTrainer
-
-            return MlxTrainer()
-        from nightlora.train.torch.backend import TorchTrainer
-
-        return TorchTrainer()
+        return getattr(importlib.import_module(module), cls)()
     except ImportError as e:
-        extra = "mlx" if name == "mlx" else "torch"
         raise TrainError(f"the {name} backend cannot load ({e}); install nightlora[{extra}]") from None

@@ -6,19 +6,21 @@ feedback counts, the exported rows and the feedback high-water mark all describe
 the same moment.  In WAL mode the app keeps writing meanwhile; in rollback-journal
 mode its commits wait (up to its own busy timeout) until the snapshot ends.
 
-``mark_exported`` is the only function in the data stage that writes to hanni.db.
+``mark_exported`` is the only function here that writes to hanni.db (the flywheel_cycles
+record is in cycles.py).  Which feedback nightlora consumed is its own record
+(state/cursor.py); the snapshot leaves that out as well as what the app marks exported.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Collection, Iterator, Sequence
 
 from nightlora.errors import ExportError, SourceError
+from nightlora.sources.base import FeedbackCounts, RangeBuilder, SeenFeedback
 
 BUSY_TIMEOUT_S = 5.0
 
@@ -107,55 +109,36 @@ def feedback_high_water(conn: sqlite3.Connection) -> int | None:
     return conn.execute("SELECT MAX(id) FROM message_feedback").fetchone()[0]
 
 
-@dataclass(frozen=True)
-class SeenFeedback:
-    """The feedback rows an export saw unexported, as inclusive id ranges.
-
-    A range never spans a row that was already exported at the snapshot, so marking
-    ``id BETWEEN lo AND hi AND exported = 0`` later touches exactly these rows; rows the
-    app adds meanwhile get ids above ``high_water`` and stay unexported.
-    """
-
-    high_water: int | None
-    ranges: tuple[tuple[int, int], ...]
-    count: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"high_water": self.high_water, "count": self.count, "ranges": [list(r) for r in self.ranges]}
-
-    @classmethod
-    def from_dict(cls, d: Any) -> SeenFeedback:
-        try:
-            hw = d["high_water"]
-            ranges = tuple((int(lo), int(hi)) for lo, hi in d["ranges"])
-            count = int(d["count"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError("not a seen-feedback record (high_water, count, ranges)") from None
-        if hw is not None and not isinstance(hw, int):
-            raise ValueError("high_water must be an integer or null")
-        if any(lo > hi or (hw is not None and hi > hw) for lo, hi in ranges):
-            raise ValueError("ranges must be ordered pairs up to high_water")
-        return cls(hw, ranges, count)
+def count_feedback(conn: sqlite3.Connection, min_feedback: int, consumed: Collection[str] = ()) -> FeedbackCounts:
+    """The gate's counts, read inside the caller's snapshot: ratings 1 and -1 not yet used."""
+    positive = negative = 0
+    rows = conn.execute(f"SELECT id, rating FROM message_feedback WHERE {UNEXPORTED} AND rating IN (1, -1)")
+    for fid, rating in rows:
+        if consumed and str(fid) in consumed:
+            continue
+        if rating == 1:
+            positive += 1
+        else:
+            negative += 1
+    total = positive + negative
+    return FeedbackCounts(positive, negative, total, min_feedback, total >= min_feedback, feedback_high_water(conn))
 
 
-def seen_feedback(conn: sqlite3.Connection) -> SeenFeedback:
-    """The unexported feedback rows of the snapshot, compressed to id ranges (streamed, not loaded)."""
+def feedback_counts(db_path: Path, min_feedback: int, consumed: Collection[str] = ()) -> FeedbackCounts:
+    with open_snapshot(db_path) as conn:
+        return count_feedback(conn, min_feedback, consumed)
+
+
+def seen_feedback(conn: sqlite3.Connection, consumed: Collection[str] = ()) -> SeenFeedback:
+    """The unexported, unconsumed feedback rows of the snapshot as exact id ranges (streamed, not loaded)."""
     high_water = feedback_high_water(conn)
-    ranges: list[tuple[int, int]] = []
-    count = 0
-    lo = hi = None
+    ranges = RangeBuilder()
     for fid, unexported in conn.execute(f"SELECT id, {UNEXPORTED} FROM message_feedback ORDER BY id"):
-        if unexported:
-            count += 1
-            if lo is None:
-                lo = fid
-            hi = fid
-        elif lo is not None:
-            ranges.append((lo, hi))
-            lo = None
-    if lo is not None:
-        ranges.append((lo, hi))
-    return SeenFeedback(high_water, tuple(ranges), count)
+        if unexported and not (consumed and str(fid) in consumed):
+            ranges.add(fid)
+        else:
+            ranges.gap()
+    return ranges.result(high_water)
 
 
 @dataclass(frozen=True)
@@ -222,12 +205,12 @@ def mark_exported(db_path: Path, seen: SeenFeedback | Sequence[tuple[int, int]])
             current = feedback_high_water(conn)
             if high_water is not None and (current is None or current < high_water):
                 raise ExportError(f"the export's feedback (ids up to {high_water}) is not in {path}: wrong database?")
-            before = conn.total_changes
-            conn.executemany(
+            # rowcount, not total_changes: the app's AFTER UPDATE trigger (updated_at) writes too.
+            cur = conn.executemany(
                 f"UPDATE message_feedback SET exported = 1 WHERE id BETWEEN ? AND ? AND {UNEXPORTED}",
                 ranges,
             )
-            marked = conn.total_changes - before
+            marked = max(cur.rowcount, 0)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -242,12 +225,7 @@ def mark_exported(db_path: Path, seen: SeenFeedback | Sequence[tuple[int, int]])
 
 def mark_exported_from_manifest(db_path: Path, manifest_path: Path) -> int:
     """``mark_exported`` with the rows recorded in an export's manifest.json."""
-    try:
-        manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
-        seen = SeenFeedback.from_dict(manifest["feedback"]["seen"])
-    except OSError as e:
-        raise ExportError(f"cannot read manifest {manifest_path}: {e.strerror}") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise ExportError(f"{manifest_path} is not an export manifest: {e}") from None
-    return mark_exported(db_path, seen)
+    from nightlora.dataset.manifest import read_seen
+
+    return mark_exported(db_path, read_seen(manifest_path))
 

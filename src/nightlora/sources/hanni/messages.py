@@ -5,29 +5,18 @@ Older rows hold ``[role, content]`` pairs; newer rows hold OpenAI chat objects
 Both become OpenAI chat dicts with only the keys chat templates know.  Text is never
 altered, except that one trailing `` /no_think`` marker is removed as a suffix.
 Anything unexpected raises ``BadConversation`` with a short reason, so the caller can
-skip the row and count it.
+skip the row and count it.  What counts as a real or a learnable message, whatever the
+source, is in dataset/messages.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
+from nightlora.dataset.messages import ROLES, BadConversation, Message
+
 NO_THINK = " /no_think"
-ROLES = frozenset({"system", "user", "assistant", "tool"})
-ACTION_BLOCK = re.compile(r"```action\b")
-ACTION_RESULT = "[Action result:"
-
-Message = dict[str, Any]
-
-
-class BadConversation(ValueError):
-    """A stored conversation that cannot be exported; ``reason`` names why (it keys the manifest)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 def parse_messages(raw: bytes | str | None) -> Any:
@@ -129,22 +118,3 @@ def normalize_messages(parsed: Any) -> list[Message]:
         else:
             raise BadConversation("bad_message")
     return out
-
-
-def _blank(text: str) -> bool:
-    return not text or text.isspace()  # str.strip() would copy every message
-
-
-def is_real(msg: Message) -> bool:
-    """A user or assistant message a person wrote or read, not the plumbing of an action."""
-    if msg["role"] not in ("user", "assistant"):
-        return False
-    text = msg["content"]
-    if _blank(text) or ACTION_BLOCK.search(text):
-        return False
-    return not (msg["role"] == "user" and text.startswith(ACTION_RESULT))
-
-
-def is_learnable(msg: Message) -> bool:
-    """An assistant turn with something to learn: text or a tool call."""
-    return msg["role"] == "assistant" and (not _blank(msg["content"]) or "tool_calls" in msg)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nightlora.errors import ServerError
+from nightlora.platform.net import base_url
 
 PLACEHOLDERS = frozenset({"python", "model", "adapter", "host", "port"})
 
@@ -25,7 +26,7 @@ class ServerCommand:
     """Everything the server's argv is made of, except which adapter it serves."""
 
     template: tuple[str, ...]
-    model: str
+    model: str | None  # None: no base model configured (train.model unset); argv() refuses
     host: str = "127.0.0.1"
     port: int = 8234
     python: str = sys.executable
@@ -34,6 +35,8 @@ class ServerCommand:
         check_template(self.template)
 
     def argv(self, adapter: Path | None) -> list[str]:
+        if not self.model:
+            raise ServerError("no base model to serve: set train.model to a model folder or a prepared name")
         return build_argv(
             self.template, python=self.python, model=self.model,
             adapter=adapter, host=self.host, port=self.port,
@@ -41,8 +44,7 @@ class ServerCommand:
 
     @property
     def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
 
 
 def _fields(arg: str) -> set[str]:

@@ -47,13 +47,17 @@ def with_adapter(argv: list[str], adapter: Path | None) -> list[str]:
     return out
 
 
-def adapter_of(argv: list[str]) -> str | None:
+def flag_value(argv: list[str], flag: str) -> str | None:
     for i, arg in enumerate(argv):
-        if arg == ADAPTER_FLAG and i + 1 < len(argv):
+        if arg == flag and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith(ADAPTER_FLAG + "="):
+        if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
     return None
+
+
+def adapter_of(argv: list[str]) -> str | None:
+    return flag_value(argv, ADAPTER_FLAG)
 
 
 def read_plist(path: Path) -> dict[str, Any]:
@@ -81,7 +85,6 @@ def plist_bytes(data: dict[str, Any]) -> bytes:
 
 class LaunchdManager:
     name = "launchd"
-    managed = True
 
     def __init__(
         self,
@@ -152,6 +155,15 @@ class LaunchdManager:
 
     def served_adapter(self) -> str | None:
         return adapter_of(read_plist(self.plist)["ProgramArguments"])
+
+    def served_model(self) -> str | None:
+        """The app's LaunchAgent names its own ``--model``: that is the model the assistant runs."""
+        if not self.plist.exists():
+            return None
+        return flag_value(read_plist(self.plist)["ProgramArguments"], "--model")
+
+    def last_error(self) -> str:
+        return ""
 
     def _launchctl(self, *args: str) -> CommandResult:
         return self.runner.run(["launchctl", *args], timeout=60)

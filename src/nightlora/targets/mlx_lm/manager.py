@@ -1,4 +1,4 @@
-"""What the deploy logic needs from whatever runs the inference server."""
+"""What the mlx_lm target needs from whatever runs its server (the managers: process, launchd, systemd)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ class ServerManager(Protocol):
     file, an argv); it never restarts anything by itself.
     """
 
-    #: "process", "launchd", "systemd" or "none".
+    #: "process", "launchd" or "systemd" (targets/mlx_lm/managers.py).
     name: str
-    #: False when the server is not ours to start or stop (manager "none").
-    managed: bool
 
     def configure(self, adapter: Path | None) -> None:
         """Serve ``adapter`` (a folder with adapters.safetensors) from the next start; None = base model only."""
@@ -34,7 +32,10 @@ class ServerManager(Protocol):
     def describe(self) -> str:
         """One line for logs and --json: what is managed, where."""
 
+    def served_model(self) -> str | None:
+        """The ``--model`` the server is configured with when it is not ours to choose (an existing
+        LaunchAgent); None when the server's command is built from nightlora's config."""
 
-def restart(manager: ServerManager) -> None:
-    manager.stop()
-    manager.start()
+    def last_error(self) -> str:
+        """The last error line of the server's log since its latest start ("" when unknown)."""
+

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +22,10 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from nightlora.errors import ServerError
+from nightlora.paths import StatePaths
 from nightlora.platform.fsutil import PRIVATE_FILE, atomic_write_json, private_dir
+from nightlora.platform.net import port_in_use
+from nightlora.platform.processes import process_identity
 from nightlora.platform.runner import CommandRunner, SubprocessRunner
 from nightlora.targets.mlx_lm.command import ServerCommand
 
@@ -40,55 +42,12 @@ class PidRecord:
     started_at: str
 
 
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, starttime) from /proc/<pid>/stat, or None if there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = raw[raw.rfind(")") + 2:].split()
-    return fields[0], fields[19]
-
-
-def process_identity(pid: int, runner: CommandRunner | None = None, proc_root: Path = Path("/proc")) -> str | None:
-    """A string that differs between two processes that had the same pid; None if not running.
-
-    Zombies (exited, not yet reaped) count as not running.
-    """
-    if pid <= 0:
-        return None
-    if (proc_root / "self").exists():
-        stat = _proc_stat(pid)
-        if stat is None or stat[0] in ("Z", "X"):
-            return None
-        return f"proc:{stat[1]}"
-    # macOS and other systems without /proc: ps prints the state and the full start time.
-    r = (runner or SubprocessRunner()).run(
-        ["ps", "-o", "stat=", "-o", "lstart=", "-p", str(pid)], timeout=10, env={"LC_ALL": "C"}
-    )
-    parts = r.stdout.split(None, 1) if r.ok else []
-    if len(parts) != 2 or parts[0].startswith("Z"):
-        return None
-    return "ps:" + " ".join(parts[1].split())
-
-
-def port_in_use(host: str, port: int, timeout: float = 0.5) -> bool:
-    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-    try:
-        with socket.create_connection((target, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class ProcessManager:
     name = "process"
-    managed = True
 
     def __init__(
         self,
@@ -108,8 +67,8 @@ class ProcessManager:
         self.stop_timeout = stop_timeout
         self.env = dict(env) if env is not None else None
         self.sleep = sleep
-        self.pid_file = self.state_dir / "server.pid"
-        self.log_path = self.state_dir / "logs" / "server.log"
+        self.pid_file = StatePaths(self.state_dir).server_pid
+        self.log_path = StatePaths(self.state_dir).server_log
         self._child: subprocess.Popen[bytes] | None = None
 
     def describe(self) -> str:
@@ -117,6 +76,9 @@ class ProcessManager:
 
     def configure(self, adapter: Path | None) -> None:
         self.adapter = adapter
+
+    def served_model(self) -> str | None:
+        return None  # the command is built from the config
 
     def argv(self) -> list[str]:
         return self.command.argv(self.adapter)

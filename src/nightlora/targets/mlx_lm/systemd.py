@@ -79,7 +79,6 @@ def service_unit(argv: list[str], description: str) -> str:
 
 class SystemdManager:
     name = "systemd"
-    managed = True
 
     def __init__(
         self,
@@ -104,6 +103,12 @@ class SystemdManager:
 
     def describe(self) -> str:
         return f"systemd manager: user unit {self.unit} ({self.unit_path})"
+
+    def served_model(self) -> str | None:
+        return None  # we write the unit from the config
+
+    def last_error(self) -> str:
+        return ""  # the journal is systemd's; `journalctl --user -u UNIT` shows it
 
     def _systemctl(self, *args: str) -> CommandResult:
         return self.runner.run(["systemctl", "--user", *args], timeout=120)

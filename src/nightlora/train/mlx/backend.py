@@ -46,6 +46,7 @@ from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 from mlx_lm.utils import load, save_config
 
 from nightlora.errors import ModelError, TrainError
+from nightlora.paths import AdapterFiles
 from nightlora.platform.fsutil import atomic_dir
 from nightlora.train.base import (
     HyperParams,
@@ -60,9 +61,9 @@ from nightlora.train.early_stopping import EarlyStopping
 from nightlora.train.mlx.data import Encoded, TokenCounter, encode_split, target_loss
 from nightlora.train.splits import read_splits
 
-ADAPTER_WEIGHTS = "adapters.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_WEIGHTS = AdapterFiles.MLX_WEIGHTS
+ADAPTER_CONFIG = AdapterFiles.MLX_CONFIG
+PEFT_WEIGHTS = AdapterFiles.PEFT_WEIGHTS
 TRAIN_LOSS_POINTS = 100  # at most this many (step, mean loss) points in the metrics, as the torch backend
 
 

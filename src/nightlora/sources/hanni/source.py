@@ -1,0 +1,112 @@
+"""The Hanni source: the app's SQLite database, read from one snapshot.
+
+Hanni stores each conversation as one JSON array of messages (two formats over its
+history, messages.py) and each rating as a row of ``message_feedback`` pointing at a
+message index; it shows which ratings were used by an ``exported`` flag, which
+``mark_consumed`` sets.  The app's own run history is its ``flywheel_cycles`` table
+(cycles.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping
+
+from nightlora.dataset.examples import ConversationExport
+from nightlora.dataset.examples import conversation_examples as _examples
+from nightlora.dataset.messages import BadConversation
+from nightlora.paths import PROBE
+from nightlora.sources.base import Conversation, FeedbackCounts, SeenFeedback
+from nightlora.sources.hanni import db
+from nightlora.sources.hanni.config import HanniSourceConfig
+from nightlora.sources.hanni.cycles import HanniCycles
+from nightlora.sources.hanni.messages import normalize_messages, parse_messages
+
+if TYPE_CHECKING:
+    from nightlora.dataset.writer import ExportResult
+
+
+def read_conversation(row: db.ConversationRow) -> Conversation:
+    """A stored row as the dataset rules take it (or the reason it cannot be read)."""
+    try:
+        messages = normalize_messages(parse_messages(row.messages))
+    except BadConversation as e:
+        return Conversation(row.id, ratings=row.feedback, rated=row.rated, skip_reason=e.reason)
+    return Conversation(row.id, messages, row.feedback, row.rated)
+
+
+def conversation_examples(conversation_id: int, stored: Any, feedback: Mapping[Any, Any], system_prompt: str,
+                          **kw: Any) -> ConversationExport:
+    """The dataset rules on one conversation as Hanni stores it (``stored``: the parsed column)."""
+    try:
+        messages = normalize_messages(stored)
+    except BadConversation as e:
+        return ConversationExport(skip_reason=e.reason)
+    return _examples(conversation_id, messages, feedback, system_prompt, **kw)
+
+
+class HanniSnapshot:
+    def __init__(self, conn: sqlite3.Connection, consumed: Collection[str]):
+        self.conn = conn
+        self.consumed = consumed
+
+    def counts(self, min_feedback: int) -> FeedbackCounts:
+        return db.count_feedback(self.conn, min_feedback, self.consumed)
+
+    def seen(self) -> SeenFeedback:
+        return db.seen_feedback(self.conn, self.consumed)
+
+    def orphans(self) -> int:
+        return db.orphan_feedback_count(self.conn)
+
+    def conversations(self) -> Iterator[Conversation]:
+        for row in db.iter_conversations(self.conn):
+            yield read_conversation(row)
+
+
+class HanniSource:
+    kind = "hanni"
+
+    def __init__(self, cfg: HanniSourceConfig):
+        self.cfg = cfg
+        self.db_path = cfg.db_path
+
+    @property
+    def key(self) -> str:
+        return f"hanni:{self.db_path.expanduser().absolute()}"
+
+    @property
+    def location(self) -> str:
+        return str(self.db_path.absolute())
+
+    @property
+    def system_prompt_path(self) -> Path:
+        return self.cfg.system_prompt_path
+
+    @property
+    def probe_path(self) -> Path:
+        return self.db_path.parent / PROBE
+
+    @contextlib.contextmanager
+    def snapshot(self, consumed: Collection[str] = frozenset()) -> Iterator[HanniSnapshot]:
+        with db.open_snapshot(self.db_path) as conn:
+            yield HanniSnapshot(conn, consumed)
+
+    def mark_consumed(self, seen: SeenFeedback) -> int:
+        # The app reads its `exported` flag (its Flywheel screen, its own exporter): keep it true.
+        return db.mark_exported(self.db_path, seen)
+
+    def app_recorder(self, log: Callable[[str], None] | None = None) -> HanniCycles | None:
+        return HanniCycles(self.db_path, log=log) if self.db_path.is_file() else None
+
+
+def export_db(db_path: Path, out_dir: Path, system_prompt_path: Path | None, **kw: Any) -> "ExportResult":
+    """``export_dataset`` on a Hanni database file given by path (the tests and benchmarks use it)."""
+    from nightlora.dataset.system_prompt import load_system_prompt
+    from nightlora.dataset.writer import export_dataset
+
+    source = HanniSource(HanniSourceConfig(db=Path(db_path).absolute()))
+    prompt, warnings = load_system_prompt(system_prompt_path)
+    return export_dataset(source, out_dir, prompt, warnings=warnings, **kw)

@@ -1,0 +1,38 @@
+"""Consumed feedback: which feedback of each source a promoted night has used.
+
+The gate counts only feedback that is not here, so a night that did not put an
+adapter live (rejected, rolled back, failed) leaves its feedback to be counted again
+the next night.  Keys are the source's feedback ids as text; ``source`` is the
+source's ``key`` (its kind and where its data is), so two databases never mix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from nightlora.state.db import StateDB, now_local
+
+
+def consumed(db: StateDB, source: str) -> frozenset[str]:
+    rows = db.conn.execute("SELECT key FROM consumed_feedback WHERE source = ?", (source,))
+    return frozenset(r[0] for r in rows)
+
+
+def consume(db: StateDB, source: str, keys: Iterable[str], run_id: int | None) -> int:
+    """Record ``keys`` as consumed by ``run_id``, in one transaction; how many were new."""
+    at = now_local()
+    with db.conn:
+        cur = db.conn.executemany(
+            "INSERT OR IGNORE INTO consumed_feedback (source, key, run_id, consumed_at) VALUES (?, ?, ?, ?)",
+            ((source, k, run_id, at) for k in keys),
+        )
+    return max(cur.rowcount, 0)
+
+
+def consumed_in(state_db: Path, source: str) -> frozenset[str]:
+    """``consumed`` for commands that only read (check, export): no state db yet means nothing consumed."""
+    if not Path(state_db).is_file():
+        return frozenset()
+    with StateDB(state_db) as db:
+        return consumed(db, source)
