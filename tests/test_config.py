@@ -98,3 +98,20 @@ def test_preset_round_trips_to_the_defaults(tmp_path: Path):
     assert (c.data, c.train, c.schedule) == (d.data, d.train, d.schedule)
     with pytest.raises(ConfigError, match="unknown preset"):
         preset_toml("other")
+
+
+def test_keys_of_earlier_versions_say_what_to_do(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"server: the \[server\] section is now \[target\]"):
+        load_config(write(tmp_path, "[server]\nport = 1\n"), environ={})
+    with pytest.raises(ConfigError, match="train.adapter_dir: no longer used"):
+        load_config(write(tmp_path, "[train]\nadapter_dir = \"lora-adapter\"\n"), environ={})
+
+
+def test_each_kind_has_its_own_keys(tmp_path: Path):
+    c = load_config(write(tmp_path, "[target]\nkind = \"none\"\nurl = \"http://127.0.0.1:9\"\n"), environ={})
+    assert c.target.kind == "none" and c.target.url == "http://127.0.0.1:9"
+    assert Config().target.kind == "mlx_lm" and Config().source.kind == "hanni"
+    with pytest.raises(ConfigError, match="target.port: unknown key"):  # a key of another kind
+        load_config(write(tmp_path, "[target]\nkind = \"none\"\nport = 1\n"), environ={})
+    with pytest.raises(ConfigError, match="target: kind must be one of: mlx_lm, none"):
+        load_config(write(tmp_path, "[target]\nkind = \"tgi\"\n"), environ={})

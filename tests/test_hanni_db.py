@@ -105,7 +105,7 @@ def test_in_rollback_journal_mode_the_apps_commit_waits_for_the_snapshot(tmp_pat
 def test_seen_feedback_is_compact_ranges_of_unexported_ids(tmp_path: Path):
     db = make_db(tmp_path / "h.db", [0, 0, 1, 0, 1, 1, 0, 0])
     with sqlite3.connect(db) as conn:
-        conn.execute("DELETE FROM message_feedback WHERE id = 8")  # a gap does not split a range
+        conn.execute("DELETE FROM message_feedback WHERE id = 8")  # gone before the snapshot: not seen
     with open_snapshot(db) as conn:
         seen = seen_feedback(conn)
     assert seen == SeenFeedback(high_water=7, ranges=((1, 2), (4, 4), (7, 7)), count=4)
@@ -147,3 +147,41 @@ def test_mark_exported_from_a_bad_manifest_is_an_export_error(tmp_path: Path):
     (tmp_path / "m.json").write_text("[]")
     with pytest.raises(ExportError, match="not an export manifest"):
         mark_exported_from_manifest(db, tmp_path / "m.json")
+
+
+def test_seen_ranges_break_at_ids_that_do_not_exist(tmp_path: Path):
+    """A device sync can insert a row into a gap of ids already seen: no range may cover it."""
+    db = make_db(tmp_path / "h.db", [0, 0, 0, 0])
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM message_feedback WHERE id = 3")
+    with open_snapshot(db) as conn:
+        seen = seen_feedback(conn)
+    assert seen.ranges == ((1, 2), (4, 4)) and seen.count == 3
+    with sqlite3.connect(db) as conn:  # the sync fills the gap after the export
+        conn.execute("INSERT INTO message_feedback (id, conversation_id, message_index, rating, created_at, exported)"
+                     " VALUES (3, 1, 30, 1, 't', 0)")
+    assert mark_exported(db, seen) == 3
+    assert exported_flags(db) == [1, 1, 0, 1]
+
+
+def test_consumed_feedback_is_left_out_of_counts_and_seen(tmp_path: Path):
+    from nightlora.sources.hanni.db import count_feedback
+
+    db = make_db(tmp_path / "h.db", [0, 0, 0, 1])
+    with open_snapshot(db) as conn:
+        counts = count_feedback(conn, 2, consumed={"2"})
+        seen = seen_feedback(conn, consumed={"2"})
+    assert (counts.positive, counts.total, counts.due) == (2, 2, True)
+    assert seen.ranges == ((1, 1), (3, 3)) and list(seen.iter_keys()) == ["1", "3"]
+
+
+def test_mark_exported_counts_rows_not_the_apps_trigger_writes(tmp_path: Path):
+    """Hanni's own schema updates ``updated_at`` from an AFTER UPDATE trigger: that is not a marked row."""
+    db = make_db(tmp_path / "h.db", [0, 0, 0])
+    with sqlite3.connect(db) as conn:
+        conn.executescript("""
+            ALTER TABLE message_feedback ADD COLUMN updated_at TEXT;
+            CREATE TRIGGER feedback_touch AFTER UPDATE ON message_feedback BEGIN
+                UPDATE message_feedback SET updated_at = 'now' WHERE id = NEW.id AND updated_at IS NOT 'now';
+            END;""")
+    assert mark_exported(db, [(1, 3)]) == 3

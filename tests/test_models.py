@@ -93,3 +93,19 @@ def test_build_tiny_makes_a_model_transformers_and_mlx_lm_load(smollm2_dir: Path
 
     assert main(["model", "build-tiny", str(dest), "--tokenizer-from", str(smollm2_dir)]) == ModelError.exit_code
     assert "already exists" in capsys.readouterr().err
+
+
+def test_one_base_model_for_training_and_serving(tmp_path: Path):
+    from nightlora.models import base_model
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+    assert base_model(str(a), tmp_path) == a
+    assert base_model(None, tmp_path, served=str(b)) == b  # unset: what the server serves
+    assert base_model(str(a), tmp_path, served=str(a)) == a
+    with pytest.raises(ModelError, match="the assistant's server serves .*does not fit"):
+        base_model(str(a), tmp_path, served=str(b))
+    with pytest.raises(ModelError, match="no base model: set train.model"):
+        base_model(None, tmp_path)

@@ -215,3 +215,44 @@ def test_second_run_is_refused_while_one_holds_the_lock(setup) -> None:
     finally:
         if proc.poll() is None:
             kill_pid(proc.pid)
+
+
+class RecordingNotifier:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def notify(self, title: str, text: str) -> bool:
+        self.sent.append(text)
+        return True
+
+
+def test_a_night_with_a_target_that_is_not_ours(tmp_path: Path, server_model_dir: Path) -> None:
+    """Target "none": the store's pointer moves, nothing is stopped or announced, the feedback is consumed
+    in nightlora's own record as well as in the app's flag, and the next night has nothing to do."""
+    from nightlora.state import cursor
+    from nightlora.state.db import StateDB
+
+    path = write_config(tmp_path, server_model_dir)
+    text = path.read_text()
+    path.write_text(text[:text.index("[target]")] + '[target]\nkind = "none"\n')
+    cfg = load_config(path, environ={})
+    deps = build_deps(cfg, progress=False)
+    deps.notifier = notifier = RecordingNotifier()
+    before = unexported(cfg.source.db_path)
+
+    result = run_nightly(cfg, deps)
+
+    assert result.status == "completed", result.message
+    assert result.deploy.outcome.value == "unmanaged" and result.live == "v0001"
+    assert notifier.sent == []  # the server was never stopped: nothing to announce
+    store = AdapterStore.for_state_dir(cfg.source.state_path)
+    assert store.current().name == "v0001" and store.current().formats == ("mlx", "peft")
+    with StateDB.for_state_dir(cfg.source.state_path) as db:
+        consumed = cursor.consumed(db, deps.source.key)
+        deploys = db.deploys()
+    assert len(consumed) == result.commit.consumed == result.marked_exported == before
+    assert unexported(cfg.source.db_path) == 0
+    assert [(d["action"], d["live"]) for d in deploys] == [("deploy", "v0001")]
+    status = json.loads((cfg.source.state_path / "status.json").read_text())
+    assert "B3" not in status["message"] and status["state"] == "done"
+    assert run_nightly(cfg, build_deps(cfg, progress=False)).status == "skipped"

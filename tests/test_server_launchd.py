@@ -168,3 +168,9 @@ def test_running_states(tmp_path):
         (0, "\tstate = not running\n"), (113, ""), (0, "\tstate = spawn scheduled\n"), (0, "\tstate = running\n")])
     m, _ = manager(tmp_path, runner)
     assert [m.is_running() for _ in range(4)] == [False, False, True, True]
+
+
+def test_the_apps_launchagent_names_the_served_model(tmp_path):
+    m = LaunchdManager(app_plist(tmp_path / "a.plist"), "com.hanni.mlx-server", RecordingRunner(), uid=501)
+    assert m.served_model() == "/Users/me/models/Qwen 3"
+    assert LaunchdManager(tmp_path / "none.plist", "x", RecordingRunner(), uid=501).served_model() is None

@@ -172,3 +172,24 @@ def test_cli_rollback_without_an_earlier_version_says_so(tmp_path, capsys):
     cfg.write_text(f'[source]\ndata_dir = "{tmp_path}"\n[target]\nkind = "none"\n')
     assert main(["--config", str(cfg), "rollback"]) == 13
     assert "no earlier version to roll back to" in capsys.readouterr().err
+
+
+def test_a_version_keeps_each_format_the_targets_need(store, tmp_path):
+    only_peft = tmp_path / "p"
+    (only_peft / "peft").mkdir(parents=True)
+    (only_peft / "peft" / "adapter_model.safetensors").write_bytes(b"w")
+    (only_peft / "peft" / "adapter_config.json").write_text("{}")
+    v = store.add(only_peft)
+    assert v.formats == ("peft",) and v.adapter_dir("peft") == v.path / "peft"
+    with pytest.raises(StoreError, match="v0001 has no mlx adapter"):
+        v.adapter_dir("mlx")
+    both = store.add(fake_adapter(tmp_path, "both"))
+    (both.path / "peft" / "adapter_config.json").write_text("{}")
+    assert store.get(both.name).formats == ("mlx", "peft")
+    store.set_current(both)
+    assert store.stable_path("peft") == store.current_link / "peft"
+    bad = tmp_path / "half"
+    (bad / "peft").mkdir(parents=True)
+    (bad / "peft" / "adapter_model.safetensors").write_bytes(b"w")
+    with pytest.raises(StoreError, match="not a PEFT adapter: missing adapter_config.json"):
+        store.add(bad)

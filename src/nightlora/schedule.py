@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
+from nightlora.config_section import parse_hh_mm
 from nightlora.errors import ScheduleError
+from nightlora.paths import StatePaths
 from nightlora.platform.fsutil import atomic_write_bytes, atomic_write_text, private_dir
 from nightlora.platform.runner import CommandRunner
 from nightlora.targets.mlx_lm.launchd import BOOTOUT_NOT_LOADED, plist_bytes
@@ -40,13 +42,9 @@ class ScheduleStatus:
 
 def parse_at(at: str) -> tuple[int, int]:
     try:
-        hh, mm = at.split(":")
-        h, m = int(hh), int(mm)
-    except ValueError:
-        raise ScheduleError(f"--at must be HH:MM, not {at!r}") from None
-    if not (0 <= h < 24 and 0 <= m < 60):
-        raise ScheduleError(f"--at must be HH:MM between 00:00 and 23:59, not {at!r}")
-    return h, m
+        return parse_hh_mm(at)
+    except ValueError as e:
+        raise ScheduleError(f"--at {e}, not {at!r}") from None
 
 
 def nightly_argv(config_path: Path | None, python: str = sys.executable) -> list[str]:
@@ -257,6 +255,14 @@ class CronSchedule:
         return ScheduleStatus("cron", st.installed, st.at, None, [], self.argv, notes)
 
 
+# backend -> (argv, log folder, runner) -> Schedule
+SCHEDULES: dict[str, Callable[[list[str], Path, CommandRunner], Schedule]] = {
+    "launchd": lambda argv, log_dir, runner: LaunchdSchedule(argv, log_dir, runner),
+    "systemd": lambda argv, log_dir, runner: SystemdSchedule(argv, runner),
+    "cron": lambda argv, log_dir, runner: CronSchedule(argv, log_dir, runner),
+}
+
+
 def make_schedule(
     argv: list[str],
     state_dir: Path,
@@ -267,9 +273,4 @@ def make_schedule(
     which: Callable[[str], str | None] = shutil.which,
 ) -> Schedule:
     kind = backend or detect_backend(platform, which)
-    log_dir = Path(state_dir) / "logs"
-    if kind == "launchd":
-        return LaunchdSchedule(argv, log_dir, runner)
-    if kind == "systemd":
-        return SystemdSchedule(argv, runner)
-    return CronSchedule(argv, log_dir, runner)
+    return SCHEDULES[kind](argv, StatePaths(Path(state_dir)).logs, runner)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from nightlora.sources.hanni.messages import Message
+from nightlora.dataset.messages import Message
 
 _JSON_TYPES: tuple[tuple[type, str], ...] = (
     (bool, "boolean"),  # before int: bool is an int in Python

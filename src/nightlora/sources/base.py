@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ContextManager, Iterator, Mapping, Protocol
 
 from nightlora.dataset.messages import Message
+from nightlora.state.db import AppRecorder
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,6 @@ class Snapshot(Protocol):
     def conversations(self) -> Iterator[Conversation]: ...
 
 
-class AppRecorder(Protocol):
-    """Where the app itself shows what each night did (Hanni's flywheel_cycles); optional."""
-
-    def start(self, started_at: str | None = None) -> int | None: ...
-    def finish(self, cycle_id: int, status: str, **values: Any) -> bool: ...
-
-
 class Source(Protocol):
     kind: str
     #: identifies this source's data in nightlora's state (e.g. "hanni:/abs/path/hanni.db")
@@ -151,5 +145,5 @@ class Source(Protocol):
         """Record in the app's own store that this feedback was used, where it has such a record
         (Hanni's ``exported`` column); how many rows changed, 0 where the app has none."""
 
-    def app_recorder(self, log: Any = None) -> AppRecorder | None:
+    def app_recorder(self, log: Any = None) -> "AppRecorder | None":
         """The app's own run history, when it has one."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from nightlora.state.db import StateDB, now_local
+from nightlora.platform.clock import now_local
+from nightlora.state.db import StateDB
 
 
 def consumed(db: StateDB, source: str) -> frozenset[str]:

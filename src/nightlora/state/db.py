@@ -11,23 +11,16 @@ import sqlite3
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from nightlora.sources.base import AppRecorder
+from typing import Any, Protocol
 
 from nightlora.errors import StateError
 from nightlora.paths import StatePaths
+from nightlora.platform.clock import now_local
 from nightlora.platform.fsutil import private_dir
 from nightlora.state.migrations import migrate
 
 BUSY_TIMEOUT_S = 5.0
 FINAL_STATUSES = ("completed", "skipped", "rolled_back", "failed", "interrupted")
-
-
-def now_local() -> str:
-    # The app writes local time with its offset (chrono's to_rfc3339); so do we.
-    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -135,6 +128,13 @@ class StateDB:
     def deploys(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT * FROM deploys ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) for r in rows]
+
+
+class AppRecorder(Protocol):
+    """Where the app itself shows what each night did (a source's, e.g. Hanni's flywheel_cycles)."""
+
+    def start(self, started_at: str | None = None) -> int | None: ...
+    def finish(self, cycle_id: int, status: str, **values: Any) -> bool: ...
 
 
 class RunRecorder:

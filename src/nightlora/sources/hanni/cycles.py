@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nightlora.state.db import now_local
+from nightlora.platform.clock import now_local
 
 BUSY_TIMEOUT_S = 5.0
 # The app's own definition (Hanni's db.rs); used only when the table is missing.
