@@ -81,7 +81,7 @@ def test_every_value_has_a_reason():
     assert set(hp.reasons) == fields
     text = format_hyperparams(hp)
     assert len(text.splitlines()) == len(fields)
-    assert "3 epochs (default) x 40 examples / batch 2 = 60" in text
+    assert "3 epochs (default) x 40 conversations / batch 2 = 60" in text
 
 
 @pytest.mark.parametrize(("n_train", "layers", "cfg", "message"), [

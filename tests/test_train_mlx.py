@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 from mlx_lm import generate, load
 from mlx_lm.lora import CONFIG_DEFAULTS
-from mlx_lm.tuner.trainer import evaluate, iterate_batches
+from mlx_lm.tuner.trainer import evaluate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nightlora.errors import TrainError
 from nightlora.train.base import ADAPTER_META, HyperParams, ProgressEvent, TrainMetrics, TrainRequest, read_adapter_meta
 from nightlora.train.convert import mlx_to_peft
 from nightlora.train.mlx.backend import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MlxTrainer
-from nightlora.train.mlx.data import encode_split, target_loss
+from nightlora.train.mlx.data import encode_split, iterate_batches, target_loss
 from nightlora.train.splits import read_split
 from persona_data import other_language_chats, write_dataset, write_persona_dataset
 
@@ -123,8 +123,7 @@ def test_only_the_last_assistant_message_is_a_target(run, tiny_model_dir: Path, 
 
     model, mlx_tokenizer = load(str(tiny_model_dir))
     examples = encode_split(mlx_tokenizer, chats, 512, "valid").examples
-    batch, lengths = next(iterate_batches(examples, len(examples), 512))
-    loss, ntoks = target_loss(model, batch, lengths)
+    loss, ntoks = target_loss(model, *next(iterate_batches(examples, len(examples), 512)))
     assert ntoks.item() == targets
     assert loss.item() == pytest.approx(loss_sum / targets, rel=1e-5)
     # The trainer's first validation (LoRA B starts at zero: the base model) is that same masked loss.
@@ -171,7 +170,7 @@ def test_early_stopping_keeps_the_best_weights(tiny_model_dir: Path, persona_dir
     # The saved adapter is the best one, not the last one.
     model, tokenizer = load(str(tiny_model_dir), adapter_path=str(tmp_path / "adapter"))
     examples = encode_split(tokenizer, other_language_chats(), 512, "valid").examples
-    saved = evaluate(model, examples, batch_size=1, num_batches=-1, loss=target_loss)
+    saved = evaluate(model, examples, batch_size=1, num_batches=-1, loss=target_loss, iterate_batches=iterate_batches)
     assert saved == pytest.approx(losses[m.best_step], rel=1e-5)
 
 

@@ -5,7 +5,7 @@ Every problem in a file (unknown keys, wrong types) is reported at once, in one
 line that names the file and each key.
 
 Sections: ``[source]`` (which app's feedback; ``kind`` picks one of sources/registry.py),
-``[data]`` (what the export keeps), ``[train]``, ``[target]`` (where adapters go live;
+``[data]`` (what the export keeps), ``[train]``, ``[eval]`` (the promotion rule), ``[target]`` (where adapters go live;
 ``kind`` picks one of targets/registry.py), ``[store]`` (adapter versions), ``[schedule]``.
 """
 
@@ -88,6 +88,30 @@ class TrainConfig(Section):
     early_stopping_patience: int = Field(3, ge=0)
     eval_every: int | None = Field(None, ge=1)
     seed: int = 0
+    # Train each conversation's targets in one sequence (exact: same loss, the history read once).
+    merge_turns: bool = True
+    # Self-replay: the base model's own answers to general prompts mixed in, per user conversation
+    # (0 = none; None = chosen from the data, see nightlora.train.hyperparams).
+    replay_share: float | None = Field(None, ge=0)
+    # Learning from thumbs-down after SFT (torch): auto (DPO on pairs, else KTO), dpo, kto or off.
+    preference: Literal["auto", "dpo", "kto", "off"] = "auto"
+    preference_beta: float = Field(0.1, gt=0)
+    preference_learning_rate: float | None = Field(None, gt=0)
+    preference_epochs: float = Field(2.0, gt=0)
+
+
+class EvalConfig(Section):
+    """The promotion rule (evaluate/gate.py): a candidate goes live only if it passes every part."""
+
+    # False: only the old rule (finite test loss) decides. Not recommended: a worse night goes live.
+    gate: bool = True
+    # A held-out loss within this fraction of the live model's is a tie (it passes only with a
+    # better probe or preference accuracy).
+    tie_tolerance: float = Field(0.01, ge=0, lt=1)
+    # The general loss may rise at most this fraction above the base model's.
+    max_general_increase: float = Field(0.05, ge=0)
+    # Held-out prompts the candidate must answer as well as the base model (non-empty, stops, no loop).
+    smoke_prompts: int = Field(4, ge=0)
 
 
 class StoreConfig(Section):
@@ -109,6 +133,7 @@ class Config(Section):
     source: SourceConfig = Field(default_factory=lambda: SOURCES["hanni"].config())  # type: ignore[valid-type]
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     target: TargetConfig = Field(default_factory=lambda: TARGETS["mlx_lm"].config())  # type: ignore[valid-type]
     store: StoreConfig = Field(default_factory=StoreConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -269,6 +294,12 @@ lora_alpha = {c.train.lora_alpha}
 max_seq_length = {c.train.max_seq_length}
 grad_checkpoint = true
 early_stopping_patience = {c.train.early_stopping_patience}
+
+[eval]
+gate = true                        # a new adapter goes live only if it beats the live one (see README)
+tie_tolerance = {c.eval.tie_tolerance}
+max_general_increase = {c.eval.max_general_increase}        # at most this much worse than the base model on general prompts
+smoke_prompts = {c.eval.smoke_prompts}
 
 [target]
 kind = "mlx_lm"                    # mlx_lm (restarted on each new adapter) | none (nightlora serves nothing)

@@ -260,6 +260,20 @@ def build_tiny_model(dest: Path, tokenizer_from: Path | None = None, *, layers: 
     return dest
 
 
+def model_fingerprint(model_dir: Path) -> str:
+    """Identifies a base model's weights and tokenizer without reading the weights: what caches key on."""
+    root = Path(model_dir).resolve()
+    h = hashlib.sha256(str(root).encode())
+    for name in ("config.json", "tokenizer_config.json", "chat_template.jinja"):
+        p = root / name
+        if p.is_file():
+            h.update(name.encode() + p.read_bytes())
+    for p in sorted(root.glob("*.safetensors")):
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
 def model_size_bytes(model_dir: Path) -> int:
     return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
 

@@ -9,6 +9,7 @@
         runs/<id>/                 one folder per night (RunPaths below)
         adapters/v0001 ... current the adapter store (state/store.py; AdapterFiles below)
         adapters-staging/          `nightlora train` without --out
+        cache/                     the base model's answers to the general prompts (evaluate/general.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 # A dataset folder (`nightlora export`, <run>/data/).
 SPLITS = ("train", "valid", "test")
+REPLAY = "replay.jsonl"  # self-replay examples the train stage adds beside train.jsonl (train split only)
 PREFERENCES_STEM = "preferences"
 PREFERENCES = f"{PREFERENCES_STEM}.jsonl"
 MANIFEST = "manifest.json"
@@ -92,6 +94,11 @@ class StatePaths:
     def staging(self) -> Path:
         return self.root / "adapters-staging"
 
+    @property
+    def cache(self) -> Path:
+        """What is computed once per base model (the base model's answers to the general prompts)."""
+        return self.root / "cache"
+
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -120,3 +127,19 @@ class RunPaths:
 
     def converted(self, fmt: str) -> Path:
         return self.root / f"adapter-as-{fmt}"
+
+    def live_as(self, fmt: str) -> Path:
+        """The live adapter converted for the evaluation, when the store lacks the backend's format."""
+        return self.root / f"live-as-{fmt}"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.root / "loss.png"

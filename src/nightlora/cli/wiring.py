@@ -9,14 +9,12 @@ from typing import Any
 
 from nightlora.cli.common import info
 from nightlora.config import Config
-from nightlora.dataset.system_prompt import load_system_prompt
 from nightlora.kinds import kind_of
 from nightlora.models import model_to_serve
 from nightlora.paths import StatePaths
 from nightlora.pipeline.night import RunDeps
 from nightlora.platform.memory import read_memory
 from nightlora.platform.notify import make_notifier
-from nightlora.platform.openai_client import ask
 from nightlora.platform.runner import CommandRunner, SubprocessRunner
 from nightlora.sources.base import Source
 from nightlora.sources.registry import SOURCES
@@ -78,16 +76,12 @@ def build_deps(cfg: Config, *, progress: bool = True) -> RunDeps:
     runner = SubprocessRunner()
     source = build_source(cfg)
     target = build_target(cfg, runner)
-    url = getattr(target, "base_url", None)
-    # The probe asks with the prompt the examples were trained with (the built-in one included).
-    system = load_system_prompt(source.system_prompt_path)[0].text
     return RunDeps(
         source=source,
         target=target,
         trainer_for=make_trainer,
         notifier=make_notifier(runner, log=info),
         read_memory=lambda: read_memory(runner),
-        chat=(lambda q: ask(url, q, system=system)) if url else None,
         progress=_progress(progress),
         log=info,
     )

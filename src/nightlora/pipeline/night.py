@@ -41,7 +41,6 @@ class RunDeps:
     trainer_for: Callable[[str], Trainer]
     notifier: Notifier
     read_memory: Callable[[], MemoryInfo | None]
-    chat: Callable[[str], str] | None = None  # asks the live server one question (the probe)
     progress: ProgressFn | None = None
     log: Callable[[str], None] = lambda msg: None
 
@@ -111,14 +110,28 @@ def _bring_back(night: Night) -> None:
         announce_back(night.deps.notifier, "No new adapter tonight.", night.app_name)
 
 
+def _report(night: Night, result: dict) -> None:
+    """report.html and loss.png beside result.json; a report that cannot be written never fails the night."""
+    if night.result.train is None:
+        return
+    try:
+        from nightlora.evaluate.report import write_report
+
+        write_report(result, night.run.root, night.run.report, night.run.loss_plot)
+    except Exception as e:  # matplotlib or a full disk must not turn a good night into a failed one
+        night.log(f"warning: could not write {night.run.report.name}: {type(e).__name__}: {e}")
+
+
 def _finish(night: Night) -> None:
     r = night.result
-    atomic_write_json(night.run.result, r.to_dict())
+    record = r.to_dict()
+    atomic_write_json(night.run.result, record)
+    _report(night, record)
     live = r.live
     night.recorder.finish(
         r.run_id, r.status, r.exit_code,
         train_pairs=r.train_pairs,
-        eval_score=r.probe_after.score if r.probe_after else None,
+        eval_score=r.evaluation.score if r.evaluation else None,
         adapter_version=live,
         adapter_path=str(night.store.current_link) if live else None,
         notes=r.message[:500],

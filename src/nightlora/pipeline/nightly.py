@@ -1,7 +1,7 @@
 """`nightlora run`: one night, as a short list of stages.
 
-    check -> export -> probe-before -> train -> evaluate -> deploy -> commit -> probe-after
-    (and always, at the end: record)
+    check -> export -> train -> evaluate -> deploy -> commit
+    (and always, at the end: record, with report.html)
 
 Each stage hands its work to the next through files in one run folder
 (``<state>/runs/<id>/``: config.json, data/, the adapter, run.log, result.json), so each
@@ -30,18 +30,16 @@ from nightlora.pipeline.night import RunDeps, open_night
 from nightlora.pipeline.recover import recover
 from nightlora.pipeline.result import RunResult
 from nightlora.pipeline.stage import Stage, run_stage
-from nightlora.pipeline.stages import check, commit, deploy, evaluate, export, probe, train
+from nightlora.pipeline.stages import check, commit, deploy, evaluate, export, train
 from nightlora.platform.fsutil import private_dir
 
 STAGES: tuple[Stage, ...] = (
     Stage("check", "counting new feedback", check.run),
     Stage("export", "exporting the rated conversations as a dataset", export.run),
-    Stage("probe-before", "asking held-out questions before training", probe.before),
     Stage("train", "training a LoRA adapter", train.run),
-    Stage("evaluate", "checking the new adapter", evaluate.run),
+    Stage("evaluate", "comparing the new adapter with the live one and the base model", evaluate.run),
     Stage("deploy", "putting the new adapter live", deploy.run),
     Stage("commit", "recording the feedback this adapter learned from", commit.run),
-    Stage("probe-after", "asking held-out questions after training", probe.after),
 )
 
 

@@ -7,16 +7,17 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nightlora.evaluate.gate import Decision
+from nightlora.evaluate.scores import ModelScores
+
 if TYPE_CHECKING:
     from nightlora.dataset.writer import ExportResult
-    from nightlora.evaluate.probe import ProbeResult
     from nightlora.sources.base import FeedbackCounts
     from nightlora.targets.deploy import DeployResult
     from nightlora.targets.downtime import DowntimeDecision
     from nightlora.train.base import HyperParams, TrainMetrics
 
-# How a night can end (state.db runs.status, flywheel_cycles.status).
-FINAL_STATUSES = ("completed", "skipped", "rolled_back", "failed", "interrupted")
+from nightlora.state.db import FINAL_STATUSES  # noqa: F401  (how a night can end)
 
 
 @dataclass
@@ -27,6 +28,34 @@ class TrainResult:
     base_model: Path
     adapter_dir: Path | None = None
     metrics: TrainMetrics | None = None
+
+
+@dataclass
+class EvaluationResult:
+    scores: dict[str, ModelScores]   # "base", "live" (when one was live), "candidate"
+    decision: Decision
+    test_split: str                  # the held-out split the losses come from ("test", else "valid")
+    test_examples: int
+    general_prompts: int
+    preference_pairs: int
+    probe_questions: list[str]
+    smoke_prompts: list[str]
+
+    @property
+    def score(self) -> float | None:
+        """flywheel_cycles.eval_score: the share of the base model's loss on the user's held-out replies
+        that the candidate removes (1 - candidate / base); 0 = no better than the base model."""
+        base, cand = self.scores["base"].test_loss, self.scores["candidate"].test_loss
+        if not base or cand is None:
+            return None
+        return round(1 - cand / base, 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scores": {k: v.to_dict() for k, v in self.scores.items()}, "decision": self.decision.to_dict(),
+                "score": self.score, "test_split": self.test_split, "test_examples": self.test_examples,
+                "general_prompts": self.general_prompts, "preference_pairs": self.preference_pairs,
+                "probe_questions": len(self.probe_questions), "probe_questions_text": self.probe_questions,
+                "smoke_prompts": len(self.smoke_prompts), "smoke_prompts_text": self.smoke_prompts}
 
 
 @dataclass
@@ -64,10 +93,9 @@ class RunResult:
     feedback: FeedbackCounts | None = None
     export: ExportResult | None = None
     train: TrainResult | None = None
+    evaluation: EvaluationResult | None = None
     deploy: DeployResult | None = None
     commit: CommitResult | None = None
-    probe_before: ProbeResult | None = None
-    probe_after: ProbeResult | None = None
     stages_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -87,7 +115,6 @@ class RunResult:
             "status": self.status, "exit_code": self.exit_code, "message": self.message,
             "run_id": self.run_id, "run_dir": _plain(self.run_dir),
             "feedback": _plain(self.feedback), "export": _plain(self.export), "train": _plain(self.train),
-            "deploy": _plain(self.deploy), "commit": _plain(self.commit),
-            "probe_before": _plain(self.probe_before), "probe_after": _plain(self.probe_after),
+            "evaluation": _plain(self.evaluation), "deploy": _plain(self.deploy), "commit": _plain(self.commit),
             "marked_exported": self.marked_exported, "stages_s": self.stages_s,
         }

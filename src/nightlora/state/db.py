@@ -20,7 +20,7 @@ from nightlora.platform.fsutil import private_dir
 from nightlora.state.migrations import migrate
 
 BUSY_TIMEOUT_S = 5.0
-FINAL_STATUSES = ("completed", "skipped", "rolled_back", "failed", "interrupted")
+FINAL_STATUSES = ("completed", "skipped", "rejected", "rolled_back", "failed", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,9 @@ class StateDB:
     def finish_run(self, run_id: int, status: str, exit_code: int, **values: Any) -> RunRecord:
         return self.update_run(run_id, status=status, exit_code=exit_code,
                                finished_at=values.pop("finished_at", None) or now_local(), **values)
+
+    def run(self, run_id: int) -> RunRecord:
+        return self._row(run_id)
 
     def recent_runs(self, limit: int = 20) -> list[RunRecord]:
         rows = self.conn.execute(

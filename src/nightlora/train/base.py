@@ -16,6 +16,7 @@ from typing import Callable, Literal, Protocol
 
 from nightlora.dataset.manifest import manifest_sha256, try_read_manifest  # noqa: F401  (trainers use both)
 from nightlora.paths import AdapterFiles
+from nightlora.train.scoring import Scorer
 
 ADAPTER_META = AdapterFiles.TRAINER_META
 
@@ -36,6 +37,15 @@ class HyperParams:
     early_stopping_patience: int  # evaluations without improvement before stopping; 0 = never
     seed: int
     reasons: dict[str, str] = field(default_factory=dict)  # why each value was chosen
+    # Train each conversation's targets in one sequence (train/merge.py); False: one example at a time.
+    merge_turns: bool = True
+    # Self-replay examples written beside train.jsonl (the base model's answers to general prompts).
+    replay_examples: int = 0
+    # Learning from thumbs-down after SFT: "dpo", "kto", "auto" (DPO where pairs exist, else KTO) or "off".
+    preference: str = "off"
+    preference_beta: float = 0.1
+    preference_learning_rate: float = 5e-5
+    preference_epochs: float = 2.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +90,10 @@ class TrainMetrics:
     hyperparams: dict
     manifest_sha256: str | None
     base_model: str
+    # Per split: examples read, sequences trained (each conversation's examples merged), merged, kept apart.
+    sequences: dict = field(default_factory=dict)
+    # The preference stage after SFT (train/torch/preference.py), when one ran.
+    preference: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,8 +101,13 @@ class TrainMetrics:
 
 class Trainer(Protocol):
     name: str
+    #: the format of the adapters it writes ("peft" or "mlx")
+    adapter_format: str
 
     def train(self, request: TrainRequest, progress: ProgressFn | None = None) -> TrainMetrics: ...
+
+    def scorer(self, base_model: Path) -> "Scorer":
+        """The base model loaded in this framework, to score it and adapters on it (train/scoring.py)."""
 
 
 def write_adapter_meta(adapter_dir: Path, request: TrainRequest, metrics: TrainMetrics) -> None:

@@ -334,3 +334,14 @@ def version_folder(adapter: Path, native: str, formats: Iterable[str], base_mode
         meta["converted_from"]["path"] = AdapterFiles.PEFT_SUBDIR  # where the PEFT original now lives
     atomic_write_json(meta_path, meta)
     return root
+
+
+def convert_adapter(src: Path, src_format: str, dst_format: str, base_model: Path, dst: Path) -> Path:
+    """An adapter folder in another format (``dst`` must not exist yet; the same format: ``src`` itself)."""
+    if src_format == dst_format:
+        return Path(src)
+    if (src_format, dst_format) == ("peft", "mlx"):
+        return peft_to_mlx(src, dst, base_model)
+    if (src_format, dst_format) == ("mlx", "peft"):
+        return mlx_to_peft(src, dst, base_model)
+    raise ModelError(f"cannot convert a {src_format} adapter to {dst_format}")

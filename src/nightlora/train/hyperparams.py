@@ -29,6 +29,10 @@ BASE_LEARNING_RATE = 1e-4
 # backward pass stops there and little data has fewer weights to overfit.
 DEFAULT_NUM_LAYERS = 16
 EVALS_PER_RUN = 10
+# Self-replay examples per user conversation (evaluate/general.py).
+DEFAULT_REPLAY_SHARE = 0.5
+# DPO/KTO move an SFT adapter with a smaller step than SFT itself.
+PREFERENCE_LR_FACTOR = 0.1
 
 
 def _auto_batch_size(n_train: int) -> int:
@@ -37,8 +41,13 @@ def _auto_batch_size(n_train: int) -> int:
     return min(power_of_two, MAX_AUTO_BATCH)
 
 
-def choose_hyperparams(cfg: TrainConfig, n_train: int, n_valid: int, model_layers: int) -> HyperParams:
-    """Pick iterations, batch size, learning rate, warm-up, layers and evaluation from the data."""
+def choose_hyperparams(cfg: TrainConfig, n_train: int, n_valid: int, model_layers: int,
+                       replay_available: int = 0) -> HyperParams:
+    """Pick iterations, batch size, learning rate, warm-up, layers, replay and evaluation from the data.
+
+    ``n_train``: training sequences -- conversations, since each one's examples train as one
+    sequence (train/sequences.py); ``replay_available``: self-replay examples there are to mix in.
+    """
     if n_train < 1:
         raise TrainError("the train split is empty: nothing to learn from (export more feedback first)")
     if model_layers < 1:
@@ -51,7 +60,7 @@ def choose_hyperparams(cfg: TrainConfig, n_train: int, n_valid: int, model_layer
     else:
         batch_size = _auto_batch_size(n_train)
         why["batch_size"] = (
-            f"{n_train} examples: largest power of two giving >= {MIN_STEPS_PER_EPOCH} steps per epoch, "
+            f"{n_train} conversations: largest power of two giving >= {MIN_STEPS_PER_EPOCH} steps per epoch, "
             f"at most {MAX_AUTO_BATCH}"
         )
 
@@ -63,7 +72,7 @@ def choose_hyperparams(cfg: TrainConfig, n_train: int, n_valid: int, model_layer
         wanted = math.ceil(epochs * n_train / batch_size)
         iters = min(max(wanted, cfg.min_iters), cfg.max_iters)
         source = "config" if cfg.epochs is not None else "default"
-        why["iters"] = f"{epochs:g} epochs ({source}) x {n_train} examples / batch {batch_size} = {wanted}"
+        why["iters"] = f"{epochs:g} epochs ({source}) x {n_train} conversations / batch {batch_size} = {wanted}"
         if iters != wanted:
             bound = "min_iters" if iters == cfg.min_iters and wanted < iters else "max_iters"
             why["iters"] += f", clamped to {bound} {iters}"
@@ -108,8 +117,22 @@ def choose_hyperparams(cfg: TrainConfig, n_train: int, n_valid: int, model_layer
             else "early stopping off (config)"
         )
 
-    for name in ("lora_rank", "lora_alpha", "lora_dropout", "max_seq_length", "grad_checkpoint", "seed"):
+    for name in ("lora_rank", "lora_alpha", "lora_dropout", "max_seq_length", "grad_checkpoint", "seed",
+                 "merge_turns", "preference", "preference_beta", "preference_epochs"):
         why[name] = "config"
+
+    share = cfg.replay_share if cfg.replay_share is not None else DEFAULT_REPLAY_SHARE
+    replay_examples = min(replay_available, math.ceil(share * n_train))
+    why["replay_examples"] = (
+        f"{share:g} ({'config' if cfg.replay_share is not None else 'default'}) x {n_train} conversations"
+        + (f", capped at the {replay_available} available" if replay_examples < math.ceil(share * n_train) else "")
+        + ": the base model's own answers to general prompts, so it keeps answering everything else")
+    if cfg.preference_learning_rate is not None:
+        preference_lr = cfg.preference_learning_rate
+        why["preference_learning_rate"] = "set in config"
+    else:
+        preference_lr = learning_rate * PREFERENCE_LR_FACTOR
+        why["preference_learning_rate"] = f"{PREFERENCE_LR_FACTOR:g} x the SFT learning rate"
 
     return HyperParams(
         iters=iters,
@@ -126,6 +149,12 @@ def choose_hyperparams(cfg: TrainConfig, n_train: int, n_valid: int, model_layer
         early_stopping_patience=patience,
         seed=cfg.seed,
         reasons=why,
+        merge_turns=cfg.merge_turns,
+        replay_examples=replay_examples,
+        preference=cfg.preference,
+        preference_beta=cfg.preference_beta,
+        preference_learning_rate=preference_lr,
+        preference_epochs=cfg.preference_epochs,
     )
 
 

@@ -1,7 +1,9 @@
 """Reading the export's dataset folder (train/valid/test.jsonl). Backend-neutral: no torch, no mlx.
 
 Each line is ``{"messages": [...], "tools"?: [...], "meta": {...}}`` and the last
-message is the assistant turn to learn.
+message is the assistant turn to learn.  ``replay.jsonl``, when the train stage wrote one
+(the base model's own answers to general prompts, evaluate/general.py), is trained with
+the train split.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ import json
 from pathlib import Path
 
 from nightlora.errors import TrainError
-
-SPLITS = ("train", "valid", "test")
+from nightlora.paths import REPLAY, SPLITS
 
 
 def _check_record(record: object, where: str) -> dict:
@@ -28,7 +29,7 @@ def read_split(dataset_dir: Path, split: str) -> list[dict]:
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise TrainError(f"dataset folder {dataset_dir} not found (run `nightlora export` first)")
-    path = dataset_dir / f"{split}.jsonl"
+    path = dataset_dir / (REPLAY if split == "replay" else f"{split}.jsonl")
     if not path.is_file():
         if split == "train":
             raise TrainError(f"{dataset_dir} has no train.jsonl: not a dataset written by `nightlora export`")
@@ -47,4 +48,44 @@ def read_split(dataset_dir: Path, split: str) -> list[dict]:
 
 
 def read_splits(dataset_dir: Path) -> dict[str, list[dict]]:
-    return {split: read_split(dataset_dir, split) for split in SPLITS}
+    """train (with replay.jsonl's examples after the user's), valid, test."""
+    out = {split: read_split(dataset_dir, split) for split in SPLITS}
+    out["train"] = out["train"] + read_split(dataset_dir, "replay")
+    return out
+
+
+def conversations(examples: list[dict]) -> int:
+    """How many conversations the examples come from: what an epoch counts (each conversation's
+    examples are trained in one sequence, train/merge.py); an example without one counts alone."""
+    ids = set()
+    alone = 0
+    for e in examples:
+        meta = e.get("meta") or {}
+        if meta.get("conversation_id") is None:
+            alone += 1
+        else:
+            ids.add((meta.get("source"), meta.get("split"), meta["conversation_id"]))
+    return len(ids) + alone
+
+
+def read_preferences(dataset_dir: Path) -> list[dict]:
+    """preferences.jsonl (the export's rated-down replies); none when the file is missing."""
+    from nightlora.paths import PREFERENCES
+
+    path = Path(dataset_dir) / PREFERENCES
+    if not path.is_file():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TrainError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), list) \
+                    or not isinstance(record.get("rejected"), list):
+                raise TrainError(f"{path}:{lineno}: expected a preference record (prompt, chosen, rejected)")
+            out.append(record)
+    return out

@@ -22,7 +22,7 @@ def run(night: Night) -> str | None:
     folder = version_folder(train.adapter_dir, train.metrics.adapter_format, [target.adapter_format],
                             train.base_model, night.run.converted(target.adapter_format))
     version = night.store.add(folder, base_model=str(train.base_model), data_counts=r.export.counts,  # type: ignore[union-attr]
-                              run_id=r.run_id)
+                              run_id=r.run_id, eval_score=r.evaluation.score if r.evaluation else None)
     outcome = r.deploy = deploy(night.store, target, version, log=night.log)
     night.server_at_risk = False  # the chain ended on what serves (or found nothing that answers)
     night.db.record_deploy(r.run_id, "deploy", outcome.outcome.value, requested=version.name, live=outcome.live,

@@ -1,15 +1,75 @@
-"""The candidate is judged before anything goes live.
+"""The candidate is judged before anything goes live: base model, live adapter and candidate,
+asked the same things in the training framework (evaluate/evaluation.py), then the promotion
+rule (evaluate/gate.py).
 
-Reads: the training metrics.  Raises EvaluationError (the night fails, the server comes
-back as it was, no feedback is consumed) when the adapter must not be deployed.
+Reads: <run>/data/ (the held-out splits and preferences), the cached base answers to the general
+prompts, probe.jsonl beside the source's database when there is one, the live version.
+Writes: <run>/evaluation.json.  Ends the night "rejected" (the live adapter stays, no feedback is
+consumed) when the candidate fails a rule; raises EvaluationError when training diverged.
 """
 
 from __future__ import annotations
 
-from nightlora.evaluate.gate import check_promotable
+from pathlib import Path
+
+from nightlora.dataset.system_prompt import load_system_prompt
+from nightlora.evaluate import general
+from nightlora.evaluate.evaluation import build_data, evaluate
+from nightlora.evaluate.gate import check_promotable, decide
+from nightlora.evaluate.probe import read_probe
+from nightlora.models import model_fingerprint
 from nightlora.pipeline.night import Night
+from nightlora.pipeline.result import EvaluationResult
+from nightlora.platform.fsutil import atomic_write_json
+from nightlora.state.store import Version
+from nightlora.train.convert import convert_adapter
+from nightlora.train.splits import read_splits
+
+
+def _live_dir(night: Night, live: Version, fmt: str, base_model: Path) -> Path:
+    """The live version's adapter in the scorer's format (converted into the run folder when the store lacks it)."""
+    if fmt in live.formats:
+        return live.adapter_dir(fmt)
+    src_fmt = live.formats[0]
+    return convert_adapter(live.adapter_dir(src_fmt), src_fmt, fmt, base_model, night.run.live_as(fmt))
 
 
 def run(night: Night) -> str | None:
-    check_promotable(night.result.train.metrics)  # type: ignore[union-attr, arg-type]
-    return None
+    r, cfg = night.result, night.cfg
+    train = r.train
+    assert train is not None and train.metrics is not None and train.adapter_dir is not None
+    check_promotable(train.metrics)
+    if not cfg.eval.gate:
+        night.log("eval.gate = false: the candidate is not compared with anything")
+        return None
+
+    source = night.deps.source
+    system = load_system_prompt(source.system_prompt_path)[0].text
+    trainer = night.deps.trainer_for(train.backend)
+    answers = general.base_answers(lambda: trainer.scorer(train.base_model), system, night.state.cache,
+                                   model_fingerprint(train.base_model), log=night.log)
+    probe = read_probe(source.probe_path) if source.probe_path and source.probe_path.is_file() else []
+    data = build_data(read_splits(night.run.data), night.run.data, system, answers, probe,
+                      smoke_prompts=cfg.eval.smoke_prompts, max_seq_length=train.hyperparams.max_seq_length)
+    live = night.store.current()
+    scorer = trainer.scorer(train.base_model)
+    try:
+        models = [("base", None, None)]
+        if live is not None:
+            models.append(("live", _live_dir(night, live, scorer.adapter_format, train.base_model), live.name))
+        models.append(("candidate", train.adapter_dir, "candidate"))
+        scores = evaluate(scorer, data, models, log=night.log)
+    finally:
+        scorer.close()
+    decision = decide(scores["base"], scores.get("live"), scores["candidate"],
+                      tie_tolerance=cfg.eval.tie_tolerance, max_general_increase=cfg.eval.max_general_increase)
+    result = r.evaluation = EvaluationResult(
+        scores, decision, data.test_split, len(data.test), len(data.general), len(data.pairs),
+        [p["question"] for p in data.probe], [c["messages"][-1]["content"] for c in data.smoke])
+    atomic_write_json(night.run.evaluation, result.to_dict())
+    night.log(decision.summary())
+    if decision.promote:
+        return None
+    r.status, r.exit_code = "rejected", 0
+    r.message = f"the new adapter was not deployed ({decision.summary()})"
+    return r.status

@@ -1,34 +1,57 @@
 """B3.5 + B3.7: hyperparameters from the data, the server stopped only if memory requires, LoRA training.
 
 Reads: <run>/data/ and the base model (train.model, or the model the server serves).
-Writes: <run>/adapter-<backend>/ (renamed into place only when complete).
+Writes: <run>/data/replay.jsonl (the base model's own answers to general prompts, mixed in so
+the adapter keeps answering everything else as the base model does; evaluate/general.py) and
+<run>/adapter-<backend>/ (renamed into place only when complete).  Always from the base model:
+last night's adapter is not continued, so drift cannot accumulate.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from nightlora.models import base_model, num_layers
+from nightlora.dataset.system_prompt import load_system_prompt
+from nightlora.evaluate import general
+from nightlora.models import base_model, model_fingerprint, num_layers
+from nightlora.paths import REPLAY
 from nightlora.pipeline.night import Night
 from nightlora.pipeline.result import TrainResult
 from nightlora.pipeline.stage import timed
+from nightlora.platform.fsutil import atomic_write_bytes
 from nightlora.platform.notify import announce_downtime
 from nightlora.targets.downtime import plan_downtime
 from nightlora.train.base import TrainRequest
 from nightlora.train.hyperparams import choose_hyperparams
+from nightlora.train.splits import conversations, read_split
+
+
+def _write_replay(night: Night, examples: list[dict]) -> None:
+    import json
+
+    data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode()
+    atomic_write_bytes(night.run.data / REPLAY, data)
 
 
 def run(night: Night) -> str | None:
-    cfg, target, counts = night.cfg, night.deps.target, night.result.export.counts  # type: ignore[union-attr]
+    cfg, target = night.cfg, night.deps.target
     model_dir = base_model(cfg.train.model, cfg.models_dir, target.served_model())
-    hp = choose_hyperparams(cfg.train, counts["train"], counts.get("valid", 0), num_layers(model_dir))
+    trainer = night.deps.trainer_for(cfg.train.backend)
+
+    system = load_system_prompt(night.deps.source.system_prompt_path)[0].text
+    answers = general.base_answers(lambda: trainer.scorer(model_dir), system, night.state.cache,
+                                   model_fingerprint(model_dir), log=night.log)
+    train_split = read_split(night.run.data, "train")
+    hp = choose_hyperparams(cfg.train, conversations(train_split), len(read_split(night.run.data, "valid")),
+                            num_layers(model_dir), replay_available=general.replay_available(answers))
+    _write_replay(night, general.replay_examples(answers, system, hp.replay_examples))
+
     decision = plan_downtime(
         target.downtime_mode or "never", model_dir, batch_size=hp.batch_size, seq_len=hp.max_seq_length,
         lora_rank=hp.lora_rank, lora_layers=hp.num_layers, grad_checkpoint=hp.grad_checkpoint,
         memory_reader=night.deps.read_memory,
     )
     night.log(f"server during training: {'stopped' if decision.stop else 'kept serving'} ({decision.reason})")
-    trainer = night.deps.trainer_for(cfg.train.backend)
     result = night.result.train = TrainResult(trainer.name, hp, decision, model_dir)
 
     night.server_at_risk = True  # from here on, a failure brings the server back as it was

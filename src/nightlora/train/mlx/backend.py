@@ -58,7 +58,7 @@ from nightlora.train.base import (
     write_adapter_meta,
 )
 from nightlora.train.early_stopping import EarlyStopping
-from nightlora.train.mlx.data import Encoded, TokenCounter, encode_split, target_loss
+from nightlora.train.mlx.data import Encoded, TokenCounter, encode_split, iterate_batches, target_loss
 from nightlora.train.splits import read_splits
 
 ADAPTER_WEIGHTS = AdapterFiles.MLX_WEIGHTS
@@ -112,11 +112,6 @@ def adapter_config(request: TrainRequest, batch_size: int) -> dict:
     return cfg
 
 
-def _eval_batch_size(n: int, batch_size: int) -> int:
-    """The largest batch size <= ``batch_size`` dividing ``n``: mlx_lm's evaluate drops a partial last batch."""
-    return max(d for d in range(1, min(n, batch_size) + 1) if n % d == 0)
-
-
 def _peak_memory_mb() -> float:
     """MLX's own peak (Metal buffers are not in RSS) or the process's peak RSS, whichever is larger."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -167,12 +162,12 @@ class _Monitor(TrainingCallback):
         self._report_every = max(1, math.ceil(hp.iters / TRAIN_LOSS_POINTS))
         self.train_time = 0.0
         self.steps = 0
-        self.tokens = TokenCounter()
+        self.tokens = TokenCounter(seed=hp.seed)
 
     def validate(self, step: int) -> float:
         loss = evaluate(
-            model=self.model, dataset=self.valid, batch_size=_eval_batch_size(len(self.valid), self.hp.batch_size),
-            num_batches=-1, max_seq_length=self.hp.max_seq_length, loss=target_loss,
+            model=self.model, dataset=self.valid, batch_size=self.hp.batch_size, num_batches=-1,
+            max_seq_length=self.hp.max_seq_length, loss=target_loss, iterate_batches=iterate_batches,
         )
         self.model.train()
         if not math.isfinite(loss):
@@ -245,6 +240,12 @@ class MlxTrainer:
     """base.Trainer on mlx_lm."""
 
     name = "mlx"
+    adapter_format = "mlx"
+
+    def scorer(self, base_model: Path):
+        from nightlora.train.mlx.scorer import MlxScorer
+
+        return MlxScorer(base_model)
 
     def train(self, request: TrainRequest, progress: ProgressFn | None = None) -> TrainMetrics:
         started = time.perf_counter()
@@ -265,13 +266,16 @@ class MlxTrainer:
             raise TrainError(f"num_layers {hp.num_layers} is not between 1 and the model's {len(model.layers)} layers")
 
         encoded: dict[str, list[Encoded]] = {}
+        sequences: dict[str, dict[str, int]] = {}
         for split, chats in splits.items():
-            enc = encode_split(tokenizer, chats, hp.max_seq_length, f"{split}.jsonl")
+            enc = encode_split(tokenizer, chats, hp.max_seq_length, f"{split}.jsonl", merge=hp.merge_turns)
             encoded[split] = enc.examples
+            sequences[split] = {"examples": enc.split.examples, "sequences": len(enc.examples),
+                                "merged": enc.split.merged, "kept_apart": enc.split.fallback, "dropped": enc.dropped}
             if enc.dropped:
-                notify(f"{split}: {enc.dropped} chats skipped: no target token within max_seq_length {hp.max_seq_length}")
+                notify(f"{split}: {enc.dropped} targets skipped: beyond max_seq_length {hp.max_seq_length}")
             if enc.truncated:
-                notify(f"{split}: {enc.truncated} chats cut to max_seq_length {hp.max_seq_length}")
+                notify(f"{split}: {enc.truncated} sequences cut to max_seq_length {hp.max_seq_length}")
         train_set, valid_set, test_set = encoded["train"], encoded["valid"], encoded["test"]
         if not train_set:
             raise TrainError(f"the train split of {request.dataset_dir} has no example to learn from")
@@ -319,8 +323,8 @@ class MlxTrainer:
             test_loss = None
             if test_set:
                 test_loss = evaluate(
-                    model=model, dataset=test_set, batch_size=_eval_batch_size(len(test_set), batch_size),
-                    num_batches=-1, max_seq_length=hp.max_seq_length, loss=target_loss,
+                    model=model, dataset=test_set, batch_size=batch_size, num_batches=-1,
+                    max_seq_length=hp.max_seq_length, loss=target_loss, iterate_batches=iterate_batches,
                 )
                 if not math.isfinite(test_loss):
                     raise TrainError(f"test loss is {test_loss}: the weights diverged (lower the learning rate)")
@@ -342,6 +346,7 @@ class MlxTrainer:
                 hyperparams=hp.to_dict(),
                 manifest_sha256=manifest_sha256(request.dataset_dir),
                 base_model=str(request.base_model),
+                sequences=sequences,
             )
             write_adapter_meta(out, request, metrics)
         return metrics

@@ -1,18 +1,18 @@
-"""Chats to mlx_lm batches: tokenization with the prompt mask, the loss, token counting.
+"""Chats to mlx_lm batches: tokenization with the prompt mask, merging, batches, the loss, token counting.
 
 Tokenization is mlx_lm's own (``ChatDataset(mask_prompt=True).process``, what
-``mlx_lm lora --mask-prompt`` runs): the target of a chat is every token after
-``apply_chat_template(messages[:-1], add_generation_prompt=True)``, i.e. the last
-assistant message. Two deliberate differences from the CLI's data path:
+``mlx_lm lora --mask-prompt`` runs): the target of an example is every token after
+``apply_chat_template(messages[:-1], add_generation_prompt=True)``, i.e. its last assistant
+message.  Then, as in the torch backend, each conversation's examples are merged into one
+sequence whose mask covers every target, where that is exact (train/sequences.py).
 
-- Chats are handed to mlx_lm's ``iterate_batches`` as ``(tokens, offset)`` pairs, so it
-  groups batches by token length. The CLI wraps them in ``CacheDataset``, whose
-  ``itemlen`` is the number of keys of the JSON object, so its "length sort" keeps
-  file order and pads batches of mixed lengths.
-- ``target_loss`` ends the mask at the last real token. mlx_lm's ``default_loss`` also
-  counts the position after it, i.e. it trains every chat to predict the padding id 0
-  after its end (``<|endoftext|>`` on SmolLM2, ``!`` on Qwen). The torch backend uses
-  the same rule as here, so both backends report comparable losses.
+mlx_lm's trainer takes the batching and the loss as parameters (its ``iterate_batches`` and
+``loss`` seams): ours yield ``(tokens, mask)`` with the mask of every target span, and batch
+by length over shuffled epochs like the torch backend.  Two deliberate differences from the
+CLI's data path: its ``CacheDataset`` sorts by the number of keys of the JSON object (so its
+"length sort" keeps file order), and its ``default_loss`` also counts the position after each
+sequence (training every chat to predict the padding id).  The torch backend uses the same
+rule as here, so both backends report comparable losses.
 """
 
 from __future__ import annotations
@@ -22,51 +22,78 @@ from typing import Iterator, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx_lm.tuner.datasets import ChatDataset
-from mlx_lm.tuner.trainer import iterate_batches
 
 from nightlora.errors import TrainError
+from nightlora.train.sequences import Encoded, EncodedSplit, encode_all, length_grouped_batches
 
-Encoded = tuple[list[int], int]  # (tokens, offset): tokens[offset:] are the target
+PAD_TO = 32  # batch widths are multiples of this, as mlx_lm pads, so compiled steps are reused
 
 
 @dataclass(frozen=True)
-class EncodedSplit:
+class MlxSplit:
     examples: list[Encoded]
-    dropped: int  # chats whose target lies entirely beyond max_seq_length
-    truncated: int  # chats cut at max_seq_length that keep part of their target
+    dropped: int    # targets lying entirely beyond max_seq_length
+    truncated: int  # sequences cut at max_seq_length that keep part of their targets
+    split: EncodedSplit
 
 
-def encode_split(tokenizer, chats: Sequence[dict], max_seq_length: int, where: str) -> EncodedSplit:
-    """Tokenize ``chats`` as ``mlx_lm lora --mask-prompt`` does, truncated to ``max_seq_length``."""
+def encode_split(tokenizer, chats: Sequence[dict], max_seq_length: int, where: str, *, merge: bool = True) -> MlxSplit:
+    """Tokenize ``chats`` as ``mlx_lm lora --mask-prompt`` does, merged per conversation, truncated."""
     # Only the keys ChatDataset reads: the export's "meta" never reaches the tokenizer.
     dataset = ChatDataset([], tokenizer, mask_prompt=True)
-    examples: list[Encoded] = []
-    dropped = truncated = 0
+    encoded = []
     for i, chat in enumerate(chats, 1):
         try:
             full, offset = dataset.process({"messages": chat["messages"], "tools": chat.get("tools")})
         except Exception as e:  # a template that cannot render this chat: name the chat, not the traceback
             raise TrainError(f"{where} chat {i}: the chat template cannot render it ({type(e).__name__}: {e})") from None
-        tokens = list(full[:max_seq_length])
-        if offset >= len(tokens):
-            dropped += 1
-            continue
-        truncated += len(full) > max_seq_length
-        examples.append((tokens, offset))
-    return EncodedSplit(examples, dropped, truncated)
+        encoded.append(Encoded(list(full), ((offset, len(full)),)))
+    split = encode_all(encoded, chats, max_seq_length, merge=merge)
+    truncated = sum(1 for e in split.items if len(e.tokens) == max_seq_length)
+    return MlxSplit(split.items, split.dropped, truncated, split)
 
 
-def target_loss(model: nn.Module, batch: mx.array, lengths: mx.array) -> tuple[mx.array, mx.array]:
-    """Mean cross-entropy over the target tokens; ``lengths`` rows are (offset, length).
+def _batch(items: Sequence[Encoded], max_seq_length: int) -> tuple[mx.array, mx.array, mx.array]:
+    longest = max(len(e.tokens) for e in items)
+    width = min(1 + PAD_TO * ((longest + PAD_TO - 1) // PAD_TO), max_seq_length)
+    tokens = np.zeros((len(items), width), np.int32)
+    # mask[t] marks token t + 1 as a target: the model's output at t predicts it.
+    mask = np.zeros((len(items), width - 1), np.float32)
+    lengths = np.zeros(len(items), np.int32)
+    for row, e in enumerate(items):
+        n = lengths[row] = min(len(e.tokens), width)
+        tokens[row, :n] = e.tokens[:n]
+        for start, end in e.spans:
+            mask[row, max(start - 1, 0):min(end, n) - 1] = 1.0
+    return mx.array(tokens), mx.array(mask), mx.array(lengths)
 
-    Position t of ``targets`` is token t + 1 of the chat: it is a target when
-    offset <= t + 1 < length.
+
+def iterate_batches(dataset: Sequence[Encoded], batch_size: int, max_seq_length: int, loop: bool = False,
+                    seed: int | None = None, comm_group=None) -> Iterator[tuple[mx.array, mx.array, mx.array]]:
+    """mlx_lm's ``iterate_batches`` seam: ``(tokens, target mask, lengths)`` batches.
+
+    Training (``loop``): endless length-grouped batches over shuffled epochs, every batch full.
+    Evaluation: every item once, in length order, the last batch possibly smaller.
     """
+    if comm_group is not None and comm_group.size() > 1:
+        raise TrainError("distributed mlx training is not supported by nightlora's batching yet")
+    if loop:
+        schedule = length_grouped_batches([len(e.tokens) for e in dataset], batch_size, 0 if seed is None else seed)
+        for indices in schedule:
+            yield _batch([dataset[i] for i in indices], max_seq_length)
+    else:
+        ordered = sorted(dataset, key=lambda e: len(e.tokens))
+        for i in range(0, len(ordered), batch_size):
+            yield _batch(ordered[i:i + batch_size], max_seq_length)
+
+
+def target_loss(model: nn.Module, batch: mx.array, mask: mx.array, lengths: mx.array | None = None
+                ) -> tuple[mx.array, mx.array]:
+    """Mean cross-entropy over the target tokens (``mask``: which predictions are targets)."""
     inputs, targets = batch[:, :-1], batch[:, 1:]
     logits = model(inputs)
-    position = mx.arange(1, targets.shape[1] + 1)
-    mask = mx.logical_and(position >= lengths[:, 0:1], position < lengths[:, 1:])
     ce = nn.losses.cross_entropy(logits, targets) * mask
     ntoks = mask.sum()
     return ce.astype(mx.float32).sum() / ntoks, ntoks
@@ -74,12 +101,13 @@ def target_loss(model: nn.Module, batch: mx.array, lengths: mx.array) -> tuple[m
 
 @dataclass
 class TokenCounter:
-    """Counts the real (unpadded) tokens of every training batch mlx_lm draws."""
+    """Counts the real (unpadded) tokens of every training batch."""
 
     tokens: int = 0
+    seed: int = 0
 
-    def iterate_batches(self, **kwargs) -> Iterator[tuple[mx.array, mx.array]]:
-        for batch, lengths in iterate_batches(**kwargs):
-            n = int(lengths[:, 1].sum().item())
-            self.tokens += n
-            yield batch, lengths
+    def iterate_batches(self, **kwargs) -> Iterator[tuple[mx.array, mx.array, mx.array]]:
+        kwargs.setdefault("seed", self.seed)
+        for batch, mask, lengths in iterate_batches(**kwargs):
+            self.tokens += int(lengths.sum().item())
+            yield batch, mask, lengths

@@ -45,17 +45,20 @@ from nightlora.train.base import (
 )
 from nightlora.train.early_stopping import EarlyStopping
 from nightlora.train.progress import TqdmProgress
-from nightlora.train.splits import read_splits
+from nightlora.train.splits import read_preferences, read_splits
 from nightlora.train.torch.data import (
     IGNORE_INDEX,
     Batch,
     Encoded,
     collate,
-    encode_split,
+    encode_examples,
     eval_batches,
     length_grouped_batches,
 )
 from nightlora.train.torch.lora import build_lora_model, load_trainable_state, trainable_state
+
+if False:  # typing only (the scorer imports this module)
+    from nightlora.train.torch.scorer import TorchScorer
 
 MAX_GRAD_NORM = 1.0  # transformers.Trainer's default; one bad batch cannot wreck a small adapter
 TRAIN_LOSS_POINTS = 100  # at most this many (step, mean loss) points in the metrics record
@@ -66,6 +69,14 @@ def target_loss_sum(model: nn.Module, batch: Batch) -> torch.Tensor:
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     targets = F.pad(batch.labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def target_loss_per_row(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of the batch: the summed target cross-entropy and the number of target tokens."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    targets = F.pad(batch.labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    ce = F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return ce.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -97,13 +108,18 @@ class _Run:
         self.per_rank = math.ceil(self.hp.batch_size / self.world)
 
         splits = read_splits(request.dataset_dir)
+        self.user_train = [e for e in splits["train"] if (e.get("meta") or {}).get("source") != "replay"]
         self.tokenizer = AutoTokenizer.from_pretrained(request.base_model)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         encoded = {}
+        self.sequences: dict[str, dict[str, int]] = {}
         for split, examples in splits.items():
-            encoded[split], dropped = encode_split(self.tokenizer, examples, self.hp.max_seq_length)
-            if dropped:
-                self._notify(f"{split}: {dropped} chats skipped: no target token within max_seq_length {self.hp.max_seq_length}")
+            enc = encode_examples(self.tokenizer, examples, self.hp.max_seq_length, merge=self.hp.merge_turns)
+            encoded[split] = enc.items
+            self.sequences[split] = {"examples": enc.examples, "sequences": len(enc.items), "merged": enc.merged,
+                                     "kept_apart": enc.fallback, "dropped": enc.dropped}
+            if enc.dropped:
+                self._notify(f"{split}: {enc.dropped} targets skipped: beyond max_seq_length {self.hp.max_seq_length}")
         self.train_set: list[Encoded] = encoded["train"]
         self.valid_set: list[Encoded] = encoded["valid"]
         self.test_set: list[Encoded] = encoded["test"]
@@ -202,6 +218,7 @@ class _Run:
         if validation.best_is_earlier:
             load_trainable_state(self.model, validation.best_weights)
             self._notify(f"kept the weights of step {validation.best_step} (validation loss {validation.best_loss:.4f})")
+        preference = self.preference_stage()
         test_loss = self.evaluate(self.test_set) if self.test_set else None
         peak = self.acc.reduce(torch.tensor(_peak_memory_mb(self.acc.device), device=self.acc.device), "max")
 
@@ -221,6 +238,8 @@ class _Run:
             hyperparams=hp.to_dict(),
             manifest_sha256=manifest_sha256(self.request.dataset_dir),
             base_model=str(self.request.base_model),
+            sequences=self.sequences,
+            preference=preference.to_dict() if preference else None,
         )
         if self.acc.is_main_process:
             with atomic_dir(self.request.output_dir) as tmp:
@@ -228,6 +247,26 @@ class _Run:
                 write_adapter_meta(tmp, self.request, metrics)
         self.acc.wait_for_everyone()
         return metrics
+
+    def preference_stage(self):
+        """DPO or KTO on the SFT adapter (train/torch/preference.py); None when none runs."""
+        hp = self.hp
+        if hp.preference == "off":
+            return None
+        from nightlora.train.torch.preference import choose_method, preference_data, train_preference
+
+        data = preference_data(self.user_train, read_preferences(self.request.dataset_dir))
+        method, why = choose_method(hp.preference, data)
+        if method is None:
+            self._notify(why)
+            return None
+        if self.world > 1:
+            self._notify(f"{why}: skipped, preference training runs in one process only")
+            return None
+        self.model.train()
+        return train_preference(self.model, self.tokenizer, method, why, data, beta=hp.preference_beta,
+                                learning_rate=hp.preference_learning_rate, epochs=hp.preference_epochs,
+                                max_length=hp.max_seq_length, seed=hp.seed, notify=self._notify)
 
     def _report(self, step: int, **values: float | None) -> None:
         if self.progress:
@@ -238,6 +277,12 @@ class TorchTrainer:
     """base.Trainer on transformers + PEFT + accelerate."""
 
     name = "torch"
+    adapter_format = "peft"
+
+    def scorer(self, base_model: Path) -> "TorchScorer":
+        from nightlora.train.torch.scorer import TorchScorer
+
+        return TorchScorer(base_model)
 
     def train(self, request: TrainRequest, progress: ProgressFn | None = None) -> TrainMetrics:
         if Path(request.output_dir).exists():

@@ -1,38 +1,33 @@
 """Chats to tensors for the torch backend: tokenization, the loss mask, length-grouped batches.
 
 The loss mask is mlx_lm's ``--mask-prompt`` rule (mlx_lm.tuner.datasets.ChatDataset),
-so both backends optimise the same thing: the target is every token after
+so both backends optimise the same thing: the target of an example is every token after
 ``apply_chat_template(messages[:-1], tools=tools, add_generation_prompt=True)``.
 (mlx_lm's loss also counts one padding position past each sequence, an off-by-one in
 its mask, which this backend does not copy.)
 
-Batches are length-grouped with per-batch dynamic padding rather than packed: packing
-would let attention cross chat boundaries unless every model honoured per-chat
-position ids, and grouping already keeps padding small on short, similar chats.
+The export writes one example per assistant turn with its whole history, so a
+conversation with k targets is k examples, each a prefix of the next.  Training them one
+by one reads the conversation about k(k+1)/2 times.  Under causal attention the loss of a
+turn inside the whole conversation is its loss in its own example, so the examples of a
+conversation are merged (data/merge.py): one sequence whose mask covers every target.
+
+Batches are length-grouped with per-batch dynamic padding rather than packed: on a CPU,
+packing short chats into long rows with a block-diagonal mask costs more in attention than
+the padding it saves (bench/train_throughput.py measures both).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from nightlora.train.sequences import Encoded, EncodedSplit, encode_all, length_grouped_batches  # noqa: F401
+
 IGNORE_INDEX = -100  # the label torch's cross_entropy skips
-# Examples per length-sorting window, in global batches (transformers' LengthGroupedSampler uses 50).
-MEGABATCH_BATCHES = 50
-
-
-@dataclass(frozen=True)
-class Encoded:
-    tokens: list[int]
-    offset: int  # tokens[offset:] are the target
-
-    @property
-    def n_targets(self) -> int:
-        return len(self.tokens) - self.offset
 
 
 @dataclass
@@ -62,21 +57,22 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, example: dict) -> Encoded:
     prompt = tokenizer.apply_chat_template(
         messages[:-1], tools=tools, add_generation_prompt=messages[-1].get("role") == "assistant", return_dict=False,
     )
-    return Encoded(tokens, len(prompt))
+    return Encoded(tokens, ((len(prompt), len(tokens)),))
+
+
+def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict], max_seq_length: int,
+                    *, merge: bool = True) -> EncodedSplit:
+    """Encode with the chat template, merge each conversation's examples where exact (train/sequences.py)."""
+    return encode_all([encode_chat(tokenizer, e) for e in examples], examples, max_seq_length, merge=merge)
 
 
 def encode_split(tokenizer: PreTrainedTokenizerBase, examples: Sequence[dict], max_seq_length: int) -> tuple[list[Encoded], int]:
-    """Encode and truncate like mlx_lm (keep the first max_seq_length tokens).
+    """Encode and truncate like mlx_lm, one sequence per example (no merging).
 
     Returns the encoded chats and how many were dropped because truncation left no target.
     """
-    out = []
-    for example in examples:
-        enc = encode_chat(tokenizer, example)
-        enc = Encoded(enc.tokens[:max_seq_length], enc.offset)
-        if enc.n_targets > 0:
-            out.append(enc)
-    return out, len(examples) - len(out)
+    split = encode_examples(tokenizer, examples, max_seq_length, merge=False)
+    return split.items, split.dropped
 
 
 def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
@@ -89,36 +85,9 @@ def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
         n = len(e.tokens)
         input_ids[row, :n] = torch.tensor(e.tokens)
         attention_mask[row, :n] = 1
-        labels[row, e.offset:n] = input_ids[row, e.offset:n]
+        for start, end in e.spans:
+            labels[row, start:end] = input_ids[row, start:end]
     return Batch(input_ids, attention_mask, labels)
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Endless global batches of example indices, each batch of similar lengths.
-
-    The examples run as a stream of shuffled epochs, so every batch is full and no
-    example is dropped systematically (mlx_lm drops the longest remainder each
-    epoch). Each window of MEGABATCH_BATCHES batches is sorted by length, cut into
-    batches, and the batches are shuffled.
-    """
-    rng = random.Random(seed)
-    n = len(lengths)
-
-    def stream() -> Iterator[int]:
-        while True:
-            order = list(range(n))
-            rng.shuffle(order)
-            yield from order
-
-    examples = stream()
-    # A window longer than an epoch would hold an example twice, side by side once sorted.
-    window = batch_size * max(1, min(MEGABATCH_BATCHES, n // batch_size))
-    while True:
-        chunk = [next(examples) for _ in range(window)]
-        chunk.sort(key=lambda i: lengths[i], reverse=True)
-        batches = [chunk[i:i + batch_size] for i in range(0, window, batch_size)]
-        rng.shuffle(batches)
-        yield from batches
 
 
 def eval_batches(items: Sequence[Encoded], batch_size: int) -> Iterator[list[Encoded]]:
