@@ -9,6 +9,8 @@
         runs/<id>/                 one folder per night (RunPaths below)
         adapters/v0001 ... current the adapter store (state/store.py; AdapterFiles below)
         adapters-staging/          `nightlora train` without --out
+        teacher/cache.jsonl        distillation: the teachers' replies, by a hash of what was asked
+        teacher/requests.jsonl     every request sent to a teacher, as sent (redacted)
 """
 
 from __future__ import annotations
@@ -91,6 +93,14 @@ class StatePaths:
     @property
     def staging(self) -> Path:
         return self.root / "adapters-staging"
+
+    @property
+    def teacher_cache(self) -> Path:
+        return self.root / "teacher" / "cache.jsonl"
+
+    @property
+    def teacher_log(self) -> Path:
+        return self.root / "teacher" / "requests.jsonl"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """`nightlora run`: one night, as a short list of stages.
 
-    check -> export -> probe-before -> train -> evaluate -> deploy -> commit -> probe-after
+    check -> export -> distill -> probe-before -> train -> evaluate -> deploy -> commit -> probe-after
     (and always, at the end: record)
 
 Each stage hands its work to the next through files in one run folder
@@ -30,12 +30,13 @@ from nightlora.pipeline.night import RunDeps, open_night
 from nightlora.pipeline.recover import recover
 from nightlora.pipeline.result import RunResult
 from nightlora.pipeline.stage import Stage, run_stage
-from nightlora.pipeline.stages import check, commit, deploy, evaluate, export, probe, train
+from nightlora.pipeline.stages import check, commit, deploy, distill, evaluate, export, probe, train
 from nightlora.platform.fsutil import private_dir
 
 STAGES: tuple[Stage, ...] = (
     Stage("check", "counting new feedback", check.run),
     Stage("export", "exporting the rated conversations as a dataset", export.run),
+    Stage("distill", "asking a teacher for better replies", distill.run),
     Stage("probe-before", "asking held-out questions before training", probe.before),
     Stage("train", "training a LoRA adapter", train.run),
     Stage("evaluate", "checking the new adapter", evaluate.run),

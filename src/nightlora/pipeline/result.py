@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from nightlora.sources.base import FeedbackCounts
     from nightlora.targets.deploy import DeployResult
     from nightlora.targets.downtime import DowntimeDecision
+    from nightlora.teachers.distill import DistillResult
     from nightlora.train.base import HyperParams, TrainMetrics
 
 # How a night can end (state.db runs.status, flywheel_cycles.status).
@@ -63,6 +64,7 @@ class RunResult:
     run_dir: Path | None = None
     feedback: FeedbackCounts | None = None
     export: ExportResult | None = None
+    distill: DistillResult | None = None
     train: TrainResult | None = None
     deploy: DeployResult | None = None
     commit: CommitResult | None = None
@@ -86,7 +88,8 @@ class RunResult:
         return {
             "status": self.status, "exit_code": self.exit_code, "message": self.message,
             "run_id": self.run_id, "run_dir": _plain(self.run_dir),
-            "feedback": _plain(self.feedback), "export": _plain(self.export), "train": _plain(self.train),
+            "feedback": _plain(self.feedback), "export": _plain(self.export),
+            "distill": _plain(self.distill), "train": _plain(self.train),
             "deploy": _plain(self.deploy), "commit": _plain(self.commit),
             "probe_before": _plain(self.probe_before), "probe_after": _plain(self.probe_after),
             "marked_exported": self.marked_exported, "stages_s": self.stages_s,
