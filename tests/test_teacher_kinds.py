@@ -235,3 +235,51 @@ def test_openai_refusals_and_unreachable_servers_drop_the_teacher(server: ChatSe
     assert e.value.reason == "unavailable"
     remote = OpenAITeacher(OpenAITeacherConfig(base_url="https://api.openai.com/v1", model="m"))
     assert not remote.loopback and OpenAITeacher(OpenAITeacherConfig(base_url="http://[::1]:8080/v1", model="m")).loopback
+
+
+# ---- the config -------------------------------------------------------------------------------
+
+
+def test_teacher_section_is_off_by_default_and_checked_per_kind(tmp_path: Path) -> None:
+    from nightlora.cli.wiring import build_teacher
+    from nightlora.config import load_config
+    from nightlora.errors import ConfigError
+
+    default = load_config(None, environ={})
+    assert (default.teacher.kind, default.teacher.enabled, default.teacher.focus) == ("claude-cli", False, "negatives")
+    assert build_teacher(default) is None
+
+    path = tmp_path / "c.toml"
+    path.write_text('[teacher]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\ncommand = "claude"\nfocus = "some"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path, environ={})
+    assert "teacher.model: Field required" in str(e.value) and "teacher.command: unknown key" in str(e.value)
+    assert "teacher.focus:" in str(e.value)
+
+    path.write_text('[teacher]\nkind = "anthropic"\nmodel = "claude-x"\n')
+    cfg = load_config(path, environ={"NIGHTLORA_TEACHER__ENABLED": "true", "NIGHTLORA_TEACHER__COUNT": "3"})
+    teacher = build_teacher(cfg)
+    assert (teacher.kind, teacher.model, cfg.teacher.count, teacher.loopback) == ("anthropic", "claude-x", 3, False)
+
+    path.write_text('[teacher]\nkind = "openai"\nenabled = true\nbase_url = "https://api.example.com/v1"\n'
+                    'model = "m"\nloopback_unredacted = true\n')
+    with pytest.raises(ConfigError, match="only for a teacher on this machine"):
+        build_teacher(load_config(path, environ={}))
+
+
+def test_cache_survives_a_cut_last_line_and_is_owner_only(tmp_path: Path) -> None:
+    from nightlora.teachers.base import TeacherReply
+    from nightlora.teachers.cache import ReplyCache
+
+    path = tmp_path / "teacher" / "cache.jsonl"
+    cache = ReplyCache(path)
+    cache.put("a", "openai:m", TeacherReply("first", 3, 4))
+    cache.put("a", "openai:m", TeacherReply("second", 3, 4, truncated=True))
+    cache.put("b", "openai:m", TeacherReply("other"))
+    with open(path, "a") as f:
+        f.write('{"key": "c", "teacher": "openai:m", "te')  # a kill mid-write
+    again = ReplyCache(path)
+    assert len(again) == 2 and again.get("a").reply == TeacherReply("second", 3, 4, truncated=True)
+    assert again.get("c") is None
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    assert again.clear() == 2 and not path.exists() and len(ReplyCache(path)) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,10 +13,9 @@ from nightlora.cli.wiring import build_teacher
 from nightlora.errors import ConfigError
 from nightlora.paths import StatePaths
 from nightlora.teachers.cache import ReplyCache
-from nightlora.teachers.distill import DistillResult, distill_dataset
 
 
-def _dry_run_text(r: DistillResult) -> str:
+def _dry_run_text(r: Any) -> str:
     blocks = [json.dumps(p, ensure_ascii=False, indent=2) for p in r.payloads or ()]
     return "\n\n".join([*blocks, f"{r.message} ({r.summary()})"])
 
@@ -38,6 +38,8 @@ def distill(state: AppState, data: Path | None, dry_run: bool, clear_cache: bool
     if not cfg.teacher.enabled and not dry_run:
         raise ConfigError("teacher.enabled is false: set it in [teacher] (or NIGHTLORA_TEACHER__ENABLED=true) "
                           "to send prompts to a teacher; --dry-run shows what would be sent")
+    from nightlora.teachers.distill import distill_dataset
+
     teacher = build_teacher(cfg, even_if_disabled=True)
     assert teacher is not None
     result = distill_dataset(cfg.training_path, teacher, cfg.teacher, cache=ReplyCache(paths.teacher_cache),

@@ -10,8 +10,6 @@ and the night goes on without it (teachers/distill.py).
 from __future__ import annotations
 
 from nightlora.pipeline.night import Night
-from nightlora.teachers.cache import ReplyCache
-from nightlora.teachers.distill import distill_dataset
 
 
 def run(night: Night) -> str | None:
@@ -19,6 +17,10 @@ def run(night: Night) -> str | None:
     if teacher is None:
         night.log("no teacher (teacher.enabled = false): nothing to distill")
         return None
+    # Imported here: the redaction libraries load only on nights that use a teacher.
+    from nightlora.teachers.cache import ReplyCache
+    from nightlora.teachers.distill import distill_dataset
+
     result = distill_dataset(night.run.data, teacher, night.cfg.teacher, cache=ReplyCache(night.state.teacher_cache),
                              requests_log=night.state.teacher_log, log=night.log)
     night.result.distill = result
