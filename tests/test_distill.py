@@ -209,7 +209,8 @@ def no_user_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def test_distill_command_dry_run_prints_exactly_what_is_sent(tmp_path, server, capsys, no_user_config) -> None:
+def test_distill_command_dry_run_prints_exactly_what_is_sent(tmp_path, server, capsys, no_user_config,
+                                                            monkeypatch) -> None:
     db, data = demo_export(tmp_path)
     cfg_path = tmp_path / "nightlora.toml"
     cfg_path.write_text(f'[source]\ndata_dir = "{db.parent}"\n[teacher]\nkind = "openai"\nbase_url = "{server.url}/v1"\n'
@@ -236,8 +237,12 @@ def test_distill_command_dry_run_prints_exactly_what_is_sent(tmp_path, server, c
         assert json.loads(capsys.readouterr().out)["cached"] == 3 and len(server.received) == 3
         assert main(["-c", str(cfg_path), "distill", "--clear-cache"]) == 0
         assert "forgot 3 cached teacher replies" in capsys.readouterr().out
+        log = db.parent / "nightlora" / "teacher" / "requests.jsonl"
+        assert len(log.read_text().splitlines()) == 3
+        monkeypatch.setattr("nightlora.teachers.distill.LOG_MAX_BYTES", 100)  # a full log moves aside
         assert main([*run, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["asked"] == 3 and len(server.received) == 6
+        assert len(log.read_text().splitlines()) == 3 and len(log.with_name("requests.jsonl.1").read_text().splitlines()) == 3
     finally:
         del os.environ["NIGHTLORA_TEACHER__ENABLED"]
 

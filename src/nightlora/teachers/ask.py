@@ -116,8 +116,8 @@ def ask_all(
             return out
 
         def attempt() -> TeacherReply:
-            if stop.is_set():
-                raise stopped[0]
+            if stop.is_set():  # dropped while this prompt waited to retry: not asked again
+                raise TeacherError(str(stopped[0]), "stopped")
             budget.take()
             out.attempts += 1
             t0 = time.monotonic()

@@ -112,8 +112,13 @@ def _prepare(teacher: Teacher, prompt: Prompt, settings: TeacherSettings, redact
     return _Item(prompt, redactor, cache_key(teacher, request), teacher.payload(request))
 
 
+LOG_MAX_BYTES = 16 << 20  # then the log moves to requests.jsonl.1 (replacing the one before)
+
+
 def _requests_logger(path: Path | None, teacher: Teacher) -> Callable[..., None]:
     name = teacher_name(teacher)
+    if path is not None and path.is_file() and path.stat().st_size > LOG_MAX_BYTES:
+        path.replace(path.with_name(path.name + ".1"))
 
     def on_request(job: Job, attempt: int, outcome: str, seconds: float, reply: TeacherReply | None) -> None:
         if path is None:
