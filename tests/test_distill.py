@@ -178,6 +178,33 @@ def test_no_identifier_leaves_the_machine_and_the_users_own_come_back(tmp_path, 
                         cache=ReplyCache(tmp_path / "c3.jsonl"), requests_log=None)
 
 
+def test_the_claude_cli_gets_placeholders_only(tmp_path, monkeypatch) -> None:
+    """The CLI sends everything to Anthropic: it is never loopback, so it never sees an identifier."""
+    from teacher_servers import fake_claude
+
+    db, _ = demo_export(tmp_path)
+    conv = add_rated_down_conversation(db)
+    _, data = demo_export(tmp_path)
+    calls = tmp_path / "argv.jsonl"
+    fake_claude(tmp_path / "bin", calls, answer="Done: wrote to [EMAIL_1], card [CARD_1].")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    cfg = ClaudeCliTeacherConfig(enabled=True, count=50, synthetic=[])
+    sleeps: list[float] = []
+
+    r = distill_dataset(data, ClaudeCliTeacher(cfg, SubprocessRunner()), cfg, cache=ReplyCache(tmp_path / "c.jsonl"),
+                        requests_log=tmp_path / "log.jsonl", sleep=sleeps.append)
+
+    argvs = calls.read_text()
+    assert r.asked == len(argvs.splitlines()) > 1 and sleeps == [1.0] * (r.asked - 1)
+    for value in PRIVATE.values():
+        assert value not in argvs
+    assert "[EMAIL_1]" in argvs and "[SECRET_1]" in argvs
+    (ex,) = [a for a in lines(data / "train.jsonl") if a["meta"]["source"] == "distill" and key(a) == (conv, 1)]
+    assert ex["messages"][-1]["content"] == f"Done: wrote to {PRIVATE['email']}, card {PRIVATE['card']}."
+    # other contexts had no [EMAIL_1] to give back: those answers are not used
+    assert r.unusable == r.asked - 1 and r.examples == 1
+
+
 def test_a_teacher_that_hangs_or_is_gone_leaves_a_valid_dataset(tmp_path, server) -> None:
     _, data = demo_export(tmp_path)
     train_before = (data / "train.jsonl").read_bytes()
