@@ -201,8 +201,13 @@ def test_the_claude_cli_gets_placeholders_only(tmp_path, monkeypatch) -> None:
     assert "[EMAIL_1]" in argvs and "[SECRET_1]" in argvs
     (ex,) = [a for a in lines(data / "train.jsonl") if a["meta"]["source"] == "distill" and key(a) == (conv, 1)]
     assert ex["messages"][-1]["content"] == f"Done: wrote to {PRIVATE['email']}, card {PRIVATE['card']}."
-    # other contexts had no [EMAIL_1] to give back: those answers are not used
+    # other contexts had no [EMAIL_1] to give back: those answers are not used, and not asked for again
     assert r.unusable == r.asked - 1 and r.examples == 1
+    _, data2 = demo_export(tmp_path)
+    again = distill_dataset(data2, ClaudeCliTeacher(cfg, SubprocessRunner()), cfg,
+                            cache=ReplyCache(tmp_path / "c.jsonl"), requests_log=None, sleep=sleeps.append)
+    assert (again.asked, again.cached, again.unusable, again.examples) == (0, r.asked, r.unusable, 1)
+    assert len(calls.read_text().splitlines()) == r.asked
 
 
 def test_a_teacher_that_hangs_or_is_gone_leaves_a_valid_dataset(tmp_path, server) -> None:

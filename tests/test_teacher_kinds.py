@@ -165,7 +165,8 @@ def test_anthropic_garbage_overload_and_missing_key(server: ChatServer) -> None:
                                environ={"ANTHROPIC_API_KEY": "k"})
     server.script = ["garbage", "empty"]
     report, _ = ask(teacher, [teacher.payload(request())] * 3)
-    assert [o.error.reason if o.error else "ok" for o in report.outcomes] == ["garbage", "garbage", "ok"]
+    assert [o.error.reason if o.error else o.reply.text for o in report.outcomes] == [
+        "garbage", "", "Teacher: What's my cat's name?"]
     assert report.stopped is None
 
     server.script = [529, 529, 529]

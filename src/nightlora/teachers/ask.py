@@ -5,7 +5,9 @@
   the caps do not allow is not sent.
 * A 429 or a 5xx is asked again after a back-off that doubles each time (a ``Retry-After``
   the server sent wins when longer), at most ``retries`` more times (tenacity).
-* An answer that is no reply (``garbage``) drops that prompt; the next one is asked.
+* Something that is no answer at all (``garbage``: not JSON, no completion in it) drops that
+  prompt for tonight; the next one is asked.  (An empty answer is an answer: the caller
+  caches it and does not use it.)
 * Anything else -- a timeout, a teacher that cannot be reached or refuses us, still rate
   limited after the retries, a cap reached -- drops the teacher for the rest of the night:
   the prompts not yet asked are reported as such, and the night goes on without it.

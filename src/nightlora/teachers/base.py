@@ -33,6 +33,9 @@ class TeacherRequest:
 
 @dataclass(frozen=True)
 class TeacherReply:
+    """What the teacher answered: cached even when it is of no use (empty, a placeholder it made up),
+    so that a prompt is asked once; only an answer that is not one (not JSON, an error) is asked again."""
+
     text: str
     input_tokens: int | None = None   # None: the teacher does not report usage (the claude CLI's text output)
     output_tokens: int | None = None
@@ -55,7 +58,7 @@ class Teacher(Protocol):
         """Exactly what ``send`` sends for ``request``, as JSON-ready data (no API key in it)."""
 
     def send(self, payload: dict[str, Any]) -> TeacherReply:
-        """Send one payload; raises TeacherError (errors.py) when there is no usable reply."""
+        """Send one payload; raises TeacherError (errors.py) when there is no answer (an empty one is one)."""
 
 
 def teacher_name(teacher: Teacher) -> str:

@@ -48,7 +48,7 @@ class DistillResult:
     asked: int = 0                # sent to the teacher (at least one request)
     requests: int = 0             # requests sent, retries included
     answered: int = 0             # new replies tonight
-    unusable: int = 0             # answers that were no reply (garbage, a placeholder never sent)
+    unusable: int = 0             # answers not used: empty, a placeholder never sent, not an answer at all
     not_asked: int = 0            # left unasked: the teacher was dropped or a cap was reached
     truncated: int = 0            # replies cut at teacher.reply_max_tokens (kept)
     examples: int = 0             # distilled examples added to train
@@ -218,8 +218,12 @@ def distill_dataset(
         try:
             text = item.redactor.restore(reply.text) if item.redactor is not None else reply.text
         except ValueError as e:
+            text, why = "", str(e)
+        else:
+            why = "the answer is empty"
+        if not text.strip():
             result.unusable += 1
-            log(f"teacher answer not used: {e}")
+            log(f"teacher answer not used: {why}")
             continue
         result.truncated += reply.truncated
         distilled.examples.append(_example(item.prompt, text, name))

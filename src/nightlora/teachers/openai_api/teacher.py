@@ -87,8 +87,10 @@ def parse_completion(r: httpx.Response) -> TeacherReply:
         text = choice["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
         raise TeacherError(f"not a chat completion: {_short(r.text)!r}", "garbage") from None
-    if not isinstance(text, str) or not text.strip():
-        raise TeacherError("the completion has no text", "garbage")
+    if text is None:  # a reply that only calls tools, or says nothing: an answer, not a usable one
+        text = ""
+    if not isinstance(text, str):
+        raise TeacherError(f"not a chat completion: {_short(r.text)!r}", "garbage")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     tokens = [usage.get(k) if isinstance(usage.get(k), int) else None for k in ("prompt_tokens", "completion_tokens")]
     return TeacherReply(text.strip(), tokens[0], tokens[1], truncated=choice.get("finish_reason") == "length")
