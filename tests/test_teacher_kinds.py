@@ -264,8 +264,11 @@ def test_teacher_section_is_off_by_default_and_checked_per_kind(tmp_path: Path) 
 
     path.write_text('[teacher]\nkind = "openai"\nenabled = true\nbase_url = "https://api.example.com/v1"\n'
                     'model = "m"\nloopback_unredacted = true\n')
+    from nightlora.teachers.distill import check_privacy
+
+    remote = load_config(path, environ={})
     with pytest.raises(ConfigError, match="only for a teacher on this machine"):
-        build_teacher(load_config(path, environ={}))
+        check_privacy(build_teacher(remote), remote.teacher)
 
 
 def test_cache_survives_a_cut_last_line_and_is_owner_only(tmp_path: Path) -> None:

@@ -49,12 +49,10 @@ def build_teacher(cfg: Config, runner: CommandRunner | None = None, *, even_if_d
     """The configured teacher; None when ``teacher.enabled`` is false (unless ``even_if_disabled``)."""
     if not (cfg.teacher.enabled or even_if_disabled):
         return None
-    from nightlora.teachers.distill import check_privacy  # redaction's libraries only when a teacher is used
-
     factory = kind_of(TEACHERS, cfg.teacher.kind, "teacher").load()
-    teacher = factory(cfg.teacher, runner=runner or SubprocessRunner())
-    check_privacy(teacher, cfg.teacher)  # a config error before the night starts, not in its middle
-    return teacher
+    # Whether it may see unredacted text is checked where text is sent (teachers/distill.py), so that a
+    # wrong privacy setting never stands in the way of commands that send nothing (server stop, recover).
+    return factory(cfg.teacher, runner=runner or SubprocessRunner())
 
 
 def _progress(bar: bool) -> Any:
