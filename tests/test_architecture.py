@@ -9,13 +9,16 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "nightlora"
 
 # package -> packages of nightlora it must never import (at any depth, deferred imports included).
 NEVER = {
-    "platform": {"cli", "pipeline", "sources", "targets", "train", "evaluate", "dataset", "state", "demo", "config"},
-    "state": {"cli", "pipeline", "sources", "targets", "train", "evaluate", "dataset", "demo"},
-    "dataset": {"cli", "pipeline", "targets", "train", "evaluate", "state", "demo", "sources.hanni"},
-    "sources": {"cli", "pipeline", "targets", "train", "evaluate", "demo"},
-    "targets": {"cli", "pipeline", "sources", "train", "evaluate", "dataset", "demo"},
-    "train": {"cli", "pipeline", "sources", "targets", "state", "demo"},
-    "evaluate": {"cli", "pipeline", "sources", "targets", "state", "demo"},
+    "platform": {"cli", "pipeline", "sources", "targets", "train", "evaluate", "dataset", "state", "demo", "config",
+                 "teachers"},
+    "state": {"cli", "pipeline", "sources", "targets", "train", "evaluate", "dataset", "demo", "teachers"},
+    "dataset": {"cli", "pipeline", "targets", "train", "evaluate", "state", "demo", "sources.hanni", "teachers"},
+    "sources": {"cli", "pipeline", "targets", "train", "evaluate", "demo", "teachers"},
+    "targets": {"cli", "pipeline", "sources", "train", "evaluate", "dataset", "demo", "teachers"},
+    "train": {"cli", "pipeline", "sources", "targets", "state", "demo", "teachers"},
+    "evaluate": {"cli", "pipeline", "sources", "targets", "state", "demo", "teachers"},
+    # teachers read and write the export's files (dataset/) and nothing of the night or its other parts
+    "teachers": {"cli", "pipeline", "sources", "targets", "train", "evaluate", "state", "demo"},
     "pipeline": {"cli", "demo"},
     "demo": {"cli", "pipeline"},
 }
@@ -48,5 +51,6 @@ def test_pipeline_gets_kinds_through_its_deps_not_by_name():
     """Stages never build a source or a target themselves: cli/wiring.py does, from the registries."""
     for path in sorted((SRC / "pipeline").rglob("*.py")):
         for mod in imports_of(path):
-            assert not mod.startswith(("sources.hanni", "targets.mlx_lm", "targets.none", "train.mlx", "train.torch")), \
+            assert not mod.startswith(("sources.hanni", "targets.mlx_lm", "targets.none", "train.mlx", "train.torch",
+                                  "teachers.claude_cli", "teachers.openai_api", "teachers.anthropic_api")), \
                 f"{path.relative_to(SRC)} imports nightlora.{mod}"

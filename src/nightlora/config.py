@@ -6,7 +6,8 @@ line that names the file and each key.
 
 Sections: ``[source]`` (which app's feedback; ``kind`` picks one of sources/registry.py),
 ``[data]`` (what the export keeps), ``[train]``, ``[eval]`` (the promotion rule), ``[target]`` (where adapters go live;
-``kind`` picks one of targets/registry.py), ``[store]`` (adapter versions), ``[schedule]``.
+``kind`` picks one of targets/registry.py), ``[store]`` (adapter versions), ``[schedule]``,
+``[teacher]`` (distillation, off by default; ``kind`` picks one of teachers/registry.py).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from nightlora.errors import ConfigError
 from nightlora.kinds import config_union
 from nightlora.sources.registry import SOURCES
 from nightlora.targets.registry import TARGETS
+from nightlora.teachers.registry import TEACHERS
 
 ENV_PREFIX = "NIGHTLORA_"
 CONFIG_ENV = "NIGHTLORA_CONFIG"
 
 SourceConfig = config_union(SOURCES, default="hanni")
 TargetConfig = config_union(TARGETS, default="mlx_lm")
+TeacherConfig = config_union(TEACHERS, default="claude-cli")
 
 # Keys of earlier versions, with what to do instead: a clear line rather than "unknown key".
 REMOVED = {
@@ -137,6 +140,7 @@ class Config(Section):
     target: TargetConfig = Field(default_factory=lambda: TARGETS["mlx_lm"].config())  # type: ignore[valid-type]
     store: StoreConfig = Field(default_factory=StoreConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    teacher: TeacherConfig = Field(default_factory=lambda: TEACHERS["claude-cli"].config())  # type: ignore[valid-type]
 
     @property
     def training_path(self) -> Path:
@@ -179,7 +183,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 def _key(loc: tuple[Any, ...]) -> str:
     # A kind's section reports its tag in the location (source.hanni.db): drop it.
     parts = [str(p) for p in loc]
-    if len(parts) > 1 and parts[0] in ("source", "target") and parts[1] in {**SOURCES, **TARGETS, "?": 0}:
+    if len(parts) > 1 and parts[0] in ("source", "target", "teacher") and parts[1] in {**SOURCES, **TARGETS, **TEACHERS, "?": 0}:
         parts.pop(1)
     return ".".join(parts)
 
@@ -316,4 +320,15 @@ keep_versions = {c.store.keep_versions}
 
 [schedule]
 at = "{c.schedule.at}"
+
+[teacher]                          # B3.4 distillation: a stronger model writes the replies that should have been given
+kind = "claude-cli"                # claude-cli (the `claude` command) | openai (any OpenAI-compatible endpoint) | anthropic
+enabled = false                    # it sends conversations (redacted) to the teacher: off until you turn it on
+focus = "{c.teacher.focus}"                # negatives (thumbs-down replies) | agentic (requests to act) | all
+count = {c.teacher.count}                         # prompts per night; each is asked once, then answered from the cache
+max_requests = {c.teacher.max_requests}                  # requests per night, retries included
+timeout_s = {c.teacher.timeout_s:g}
+concurrency = {c.teacher.concurrency}
+# kind = "openai":    base_url = "http://127.0.0.1:8080/v1", model = "...", api_key_env = "OPENAI_API_KEY"
+# kind = "anthropic": model = "claude-sonnet-4-5", api_key_env = "ANTHROPIC_API_KEY"
 """

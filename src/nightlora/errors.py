@@ -78,3 +78,26 @@ class StateError(NightloraError):
     """The tool's own state database (runs, deploys, consumed feedback)."""
 
     exit_code = 14
+
+
+class TeacherError(NightloraError):
+    """A teacher (distillation) did not give a usable answer.
+
+    ``reason`` says how: ``timeout``, ``rate_limited``, ``server_error`` (retryable ones are asked
+    again after a pause), ``unavailable`` (cannot be reached or refused us), ``garbage`` (an answer
+    that is not a reply: that prompt is dropped, the teacher is asked the next one), ``capped``
+    (the night's request or token cap).  A night never fails for it: the teacher is reported and
+    the night goes on without it.
+    """
+
+    exit_code = 15
+    RETRYABLE = frozenset({"rate_limited", "server_error"})
+
+    def __init__(self, message: str, reason: str = "unavailable", retry_after: float | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason in self.RETRYABLE

@@ -10,6 +10,8 @@
         adapters/v0001 ... current the adapter store (state/store.py; AdapterFiles below)
         adapters-staging/          `nightlora train` without --out
         cache/                     the base model's answers to the general prompts (evaluate/general.py)
+        teacher/cache.jsonl        distillation: the teachers' replies, by a hash of what was asked
+        teacher/requests.jsonl     every request sent to a teacher, as sent (redacted)
 """
 
 from __future__ import annotations
@@ -98,6 +100,12 @@ class StatePaths:
     def cache(self) -> Path:
         """What is computed once per base model (the base model's answers to the general prompts)."""
         return self.root / "cache"
+    def teacher_cache(self) -> Path:
+        return self.root / "teacher" / "cache.jsonl"
+
+    @property
+    def teacher_log(self) -> Path:
+        return self.root / "teacher" / "requests.jsonl"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from nightlora.state.store import AdapterStore
 from nightlora.targets.base import Target
 from nightlora.targets.deploy import served
 from nightlora.targets.registry import TARGETS
+from nightlora.teachers.base import Teacher
+from nightlora.teachers.registry import TEACHERS
 from nightlora.train.registry import make_trainer
 
 
@@ -39,6 +41,16 @@ def build_target(cfg: Config, runner: CommandRunner | None = None) -> Target:
     return factory(cfg.target, state=state, model=model_to_serve(cfg.train.model, cfg.models_dir),
                    runner=runner or SubprocessRunner(),
                    live=served(store, fmt, live) if live is not None and fmt in live.formats else None)
+
+
+def build_teacher(cfg: Config, runner: CommandRunner | None = None, *, even_if_disabled: bool = False) -> Teacher | None:
+    """The configured teacher; None when ``teacher.enabled`` is false (unless ``even_if_disabled``)."""
+    if not (cfg.teacher.enabled or even_if_disabled):
+        return None
+    factory = kind_of(TEACHERS, cfg.teacher.kind, "teacher").load()
+    # Whether it may see unredacted text is checked where text is sent (teachers/distill.py), so that a
+    # wrong privacy setting never stands in the way of commands that send nothing (server stop, recover).
+    return factory(cfg.teacher, runner=runner or SubprocessRunner())
 
 
 def _progress(bar: bool) -> Any:
@@ -82,6 +94,7 @@ def build_deps(cfg: Config, *, progress: bool = True) -> RunDeps:
         trainer_for=make_trainer,
         notifier=make_notifier(runner, log=info),
         read_memory=lambda: read_memory(runner),
+        teacher=build_teacher(cfg, runner),
         progress=_progress(progress),
         log=info,
     )

@@ -1,7 +1,8 @@
 """``manifest.json``, the record of one export: its only writer and its only reader.
 
 Written last by the export (counts, skipped rows by reason, the feedback seen, hashes
-and timings); read by the commit stage (which feedback to mark consumed), by the
+and timings), and again by the distill stage (``record_distill``: the files it changed and
+a ``distill`` section saying what the teacher added); read by the commit stage (which feedback to mark consumed), by the
 trainers (which data an adapter saw) and by people.
 """
 
@@ -31,6 +32,16 @@ def write_manifest(dataset_dir: Path, manifest: dict[str, Any]) -> Path:
     except OSError as e:
         raise ExportError(f"cannot write {path}: {e.strerror}") from None
     return path
+
+
+def record_distill(dataset_dir: Path, manifest: dict[str, Any], *, files: dict[str, dict[str, Any]],
+                   counts: dict[str, int], distill: dict[str, Any]) -> dict[str, Any]:
+    """Write the export's manifest again with what distillation changed: the new hashes and line
+    counts of the files it rewrote, and its ``distill`` section.  Returns the new manifest."""
+    updated = {**manifest, "counts": {**manifest.get("counts", {}), **counts},
+               "files": {**manifest.get("files", {}), **files}, "distill": distill}
+    write_manifest(dataset_dir, updated)
+    return updated
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from nightlora.state.status_file import StatusWriter
 from nightlora.state.store import AdapterStore
 from nightlora.targets.base import Target
 from nightlora.targets.deploy import restore
+from nightlora.teachers.base import Teacher
 from nightlora.train.base import ProgressFn, Trainer
 
 
@@ -41,6 +42,7 @@ class RunDeps:
     trainer_for: Callable[[str], Trainer]
     notifier: Notifier
     read_memory: Callable[[], MemoryInfo | None]
+    teacher: Teacher | None = None  # distillation's teacher; None: teacher.enabled is false
     progress: ProgressFn | None = None
     log: Callable[[str], None] = lambda msg: None
 

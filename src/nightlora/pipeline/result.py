@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from nightlora.sources.base import FeedbackCounts
     from nightlora.targets.deploy import DeployResult
     from nightlora.targets.downtime import DowntimeDecision
+    from nightlora.teachers.distill import DistillResult
     from nightlora.train.base import HyperParams, TrainMetrics
 
 from nightlora.state.db import FINAL_STATUSES  # noqa: F401  (how a night can end)
@@ -92,6 +93,7 @@ class RunResult:
     run_dir: Path | None = None
     feedback: FeedbackCounts | None = None
     export: ExportResult | None = None
+    distill: DistillResult | None = None
     train: TrainResult | None = None
     evaluation: EvaluationResult | None = None
     deploy: DeployResult | None = None
@@ -114,7 +116,8 @@ class RunResult:
         return {
             "status": self.status, "exit_code": self.exit_code, "message": self.message,
             "run_id": self.run_id, "run_dir": _plain(self.run_dir),
-            "feedback": _plain(self.feedback), "export": _plain(self.export), "train": _plain(self.train),
+            "feedback": _plain(self.feedback), "export": _plain(self.export),
+            "distill": _plain(self.distill), "train": _plain(self.train),
             "evaluation": _plain(self.evaluation), "deploy": _plain(self.deploy), "commit": _plain(self.commit),
             "marked_exported": self.marked_exported, "stages_s": self.stages_s,
         }

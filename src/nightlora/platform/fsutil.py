@@ -81,6 +81,23 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
+def append_private_line(path: Path, line: str) -> None:
+    """Append one line to an owner-only file (created 0600; an existing file is made 0600 too).
+
+    One ``write`` of the whole line on an O_APPEND descriptor: lines from threads never interleave,
+    and a kill leaves at most one truncated last line, which readers skip.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def remove_stale_temp(parent: Path) -> list[Path]:
     """Remove ``.NAME.*.tmp`` leftovers of killed writers under ``parent``; return what went."""
     removed = []

@@ -6,7 +6,9 @@ a server bound to a wildcard address is reached on the loopback address of its f
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+from urllib.parse import urlsplit
 
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 
@@ -31,3 +33,18 @@ def port_in_use(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback (127.0.0.0/8, ::1, localhost): traffic never leaves it."""
+    host = connect_host(host).rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # any other name may resolve anywhere
+
+
+def is_loopback_url(url: str) -> bool:
+    return is_loopback_host(urlsplit(url).hostname or "")
