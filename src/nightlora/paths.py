@@ -100,6 +100,8 @@ class StatePaths:
     def cache(self) -> Path:
         """What is computed once per base model (the base model's answers to the general prompts)."""
         return self.root / "cache"
+
+    @property
     def teacher_cache(self) -> Path:
         return self.root / "teacher" / "cache.jsonl"
 
