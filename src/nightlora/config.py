@@ -250,6 +250,8 @@ data_dir = {toml_str(s.data_dir)}
 db = "hanni.db"
 system_prompt = "system_prompt.txt"
 state_dir = "nightlora"            # runs, adapter store, state db, lock, status.json
+history_window = {s.history_window}                # the app sends its model its last 20 messages: contexts are cut so (0 = all)
+proactive_targets = false          # the app's proactive messages answer no user turn: context only
 
 [data]
 training_dir = "training"

@@ -16,7 +16,8 @@ from nightlora.errors import ConfigError
 from nightlora.paths import StatePaths
 from nightlora.platform.fsutil import atomic_write_text
 from nightlora.sources.base import FeedbackCounts
-from nightlora.state.cursor import consumed_in
+from nightlora.pipeline.stages.check import marked_elsewhere_warning
+from nightlora.state.cursor import consumed_in, noticed_elsewhere_in
 
 _path = click.Path(path_type=Path)
 
@@ -60,8 +61,13 @@ def check(state: AppState, db: Path | None, min_feedback: int | None, as_json: b
     """Count new feedback and say whether training is due (exit 0 either way)."""
     cfg = state.config({"source.db": _abs(db), "data.min_feedback": min_feedback})
     source = build_source(cfg)
-    with source.snapshot(consumed_in(StatePaths(cfg.source.state_path).state_db, source.key)) as snap:
+    state_db = StatePaths(cfg.source.state_path).state_db
+    with source.snapshot(consumed_in(state_db, source.key)) as snap:
         counts = snap.counts(cfg.data.min_feedback)
+        elsewhere = set(snap.marked_elsewhere())
+    # Only what no night has warned about yet (the nightly check records what it noticed).
+    if new := elsewhere - noticed_elsewhere_in(state_db, source.key):
+        warn(marked_elsewhere_warning(len(new), source.location))
     emit(counts, as_json, _check_text)
 
 
@@ -95,12 +101,12 @@ def export(state: AppState, db: Path | None, out: Path | None, system_prompt: Pa
         "source.system_prompt": _abs(system_prompt),
         "data.min_messages": min_messages,
     })
-    prompt_path = cfg.source.system_prompt_path
-    if db is not None and system_prompt is None and not cfg.source.system_prompt.is_absolute():
-        # Hanni keeps system_prompt.txt beside hanni.db: another database brings its own prompt.
-        prompt_path = cfg.source.db_path.parent / cfg.source.system_prompt
     source = build_source(cfg)
-    prompt, warnings = load_system_prompt(prompt_path)
+    prompt, warnings = source.system_prompt()
+    own = getattr(cfg.source, "system_prompt", None)
+    if db is not None and system_prompt is None and own is not None and not own.is_absolute():
+        # Hanni keeps system_prompt.txt beside hanni.db: another database brings its own prompt.
+        prompt, warnings = load_system_prompt(cfg.source.db_path.parent / own)
     result = export_dataset(
         source, cfg.training_path, prompt, consumed=consumed_in(StatePaths(cfg.source.state_path).state_db, source.key),
         min_messages=cfg.data.min_messages, split=cfg.data.split, warnings=warnings,

@@ -9,7 +9,6 @@ from typing import Any
 
 from nightlora.cli.common import info
 from nightlora.config import Config
-from nightlora.dataset.system_prompt import load_system_prompt
 from nightlora.kinds import kind_of
 from nightlora.models import model_to_serve
 from nightlora.paths import StatePaths
@@ -80,7 +79,7 @@ def build_deps(cfg: Config, *, progress: bool = True) -> RunDeps:
     target = build_target(cfg, runner)
     url = getattr(target, "base_url", None)
     # The probe asks with the prompt the examples were trained with (the built-in one included).
-    system = load_system_prompt(source.system_prompt_path)[0].text
+    system = source.system_prompt()[0].text
     return RunDeps(
         source=source,
         target=target,

@@ -4,6 +4,9 @@ The gate counts only feedback that is not here, so a night that did not put an
 adapter live (rejected, rolled back, failed) leaves its feedback to be counted again
 the next night.  Keys are the source's feedback ids as text; ``source`` is the
 source's ``key`` (its kind and where its data is), so two databases never mix.
+
+Beside it, the feedback each night noticed marked as used by something else (the app's
+own exporter): ``check`` warns only about what no night has noticed yet.
 """
 
 from __future__ import annotations
@@ -37,3 +40,27 @@ def consumed_in(state_db: Path, source: str) -> frozenset[str]:
         return frozenset()
     with StateDB(state_db) as db:
         return consumed(db, source)
+
+
+def noticed_elsewhere(db: StateDB, source: str) -> frozenset[str]:
+    rows = db.conn.execute("SELECT key FROM marked_elsewhere WHERE source = ?", (source,))
+    return frozenset(r[0] for r in rows)
+
+
+def notice_elsewhere(db: StateDB, source: str, keys: Iterable[str], run_id: int | None) -> int:
+    """Record that a night saw ``keys`` marked used by something else; how many were new."""
+    at = now_local()
+    with db.conn:
+        cur = db.conn.executemany(
+            "INSERT OR IGNORE INTO marked_elsewhere (source, key, run_id, noticed_at) VALUES (?, ?, ?, ?)",
+            ((source, k, run_id, at) for k in keys),
+        )
+    return max(cur.rowcount, 0)
+
+
+def noticed_elsewhere_in(state_db: Path, source: str) -> frozenset[str]:
+    """``noticed_elsewhere`` for commands that only read: no state db yet means nothing noticed."""
+    if not Path(state_db).is_file():
+        return frozenset()
+    with StateDB(state_db) as db:
+        return noticed_elsewhere(db, source)
