@@ -188,6 +188,7 @@ def export_dataset(
                 dataset = _Dataset(stack, out_dir)
                 for conv in snap.conversations():
                     dataset.add(convert(conv, prompt.text, split, min_messages, window))
+                dataset.cases.update(snap.cases())
                 dataset.flush()
             dataset.remove_unwritten()
         except OSError as e:

@@ -148,6 +148,9 @@ class Snapshot(Protocol):
     def marked_elsewhere(self) -> list[str]:
         """Feedback ids the app's own record marks as used that nightlora never consumed
         (another exporter took them); [] where the app keeps no such record."""
+    def cases(self) -> Mapping[str, int]:
+        """Feedback rows the source itself left out or handled specially, by reason (the
+        manifest's ``cases`` with the dataset rules' own); complete once conversations() is read."""
 
 
 class Source(Protocol):

@@ -22,10 +22,11 @@ import contextlib
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Iterator, Sequence
+from typing import Any, Collection, ContextManager, Iterator, Sequence
 
 from nightlora.errors import ExportError, SourceError
 from nightlora.sources.base import FeedbackCounts, RangeBuilder, SeenFeedback
+from nightlora.sources.readonly import check_columns, read_snapshot
 
 BUSY_TIMEOUT_S = 5.0
 
@@ -72,43 +73,13 @@ REQUIRED_COLUMNS = {
 UNEXPORTED = "COALESCE(exported, 0) = 0"
 
 
-def _ro_uri(path: Path) -> str:
-    return path.absolute().as_uri() + "?mode=ro"
-
-
 def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
-    for table, needed in REQUIRED_COLUMNS.items():
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        if not have:
-            raise SourceError(f"{path} is not a Hanni database (no {table} table)")
-        missing = sorted(needed - have)
-        if missing:
-            raise SourceError(f"{path} is not a Hanni database ({table} lacks {', '.join(missing)})")
+    check_columns(conn, path, "a Hanni database", REQUIRED_COLUMNS)
 
 
-@contextlib.contextmanager
-def open_snapshot(db_path: Path) -> Iterator[sqlite3.Connection]:
+def open_snapshot(db_path: Path) -> ContextManager[sqlite3.Connection]:
     """A read-only connection inside one read transaction: every query sees the same snapshot."""
-    path = Path(db_path)
-    if not path.is_file():
-        raise SourceError(f"Hanni database not found: {path}")
-    try:
-        conn = sqlite3.connect(_ro_uri(path), uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as e:
-        raise SourceError(f"cannot open {path}: {e}") from None
-    try:
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute("BEGIN")
-        # A deferred transaction takes its snapshot at the first read: read now, before anything else.
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        _check_schema(conn, path)
-        yield conn
-    except sqlite3.Error as e:
-        raise SourceError(f"cannot read {path}: {e}") from None
-    finally:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        conn.close()
+    return read_snapshot(db_path, "a Hanni database", REQUIRED_COLUMNS)
 
 
 def feedback_high_water(conn: sqlite3.Connection) -> int | None:

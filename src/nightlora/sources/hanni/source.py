@@ -78,6 +78,9 @@ class HanniSnapshot:
     def marked_elsewhere(self) -> list[str]:
         return db.marked_elsewhere(self.conn, self.consumed)
 
+    def cases(self) -> Mapping[str, int]:
+        return {}  # Hanni's feedback problems are the dataset rules' own (feedback_* under skipped)
+
 
 class HanniSource:
     kind = "hanni"
