@@ -137,7 +137,7 @@ def export(state: AppState, db: Path | None, out: Path | None, system_prompt: Pa
     })
     source = build_source(cfg)
     prompt, warnings = source.system_prompt()
-    own = getattr(cfg.source, "system_prompt", None)
+    own = cfg.source.system_prompt if cfg.source.kind == "hanni" else None
     if db is not None and system_prompt is None and own is not None and not own.is_absolute():
         # Hanni keeps system_prompt.txt beside hanni.db: another database brings its own prompt.
         prompt, warnings = load_system_prompt(cfg.source.db_path.parent / own)

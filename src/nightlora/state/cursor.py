@@ -42,25 +42,20 @@ def consumed_in(state_db: Path, source: str) -> frozenset[str]:
         return consumed(db, source)
 
 
+# The same table holds, under its own name per source, the feedback each night noticed marked
+# used by something else: a second set of keys, not consumed ones.
+_ELSEWHERE = "{}#marked-elsewhere"
+
+
 def noticed_elsewhere(db: StateDB, source: str) -> frozenset[str]:
-    rows = db.conn.execute("SELECT key FROM marked_elsewhere WHERE source = ?", (source,))
-    return frozenset(r[0] for r in rows)
+    return consumed(db, _ELSEWHERE.format(source))
 
 
 def notice_elsewhere(db: StateDB, source: str, keys: Iterable[str], run_id: int | None) -> int:
     """Record that a night saw ``keys`` marked used by something else; how many were new."""
-    at = now_local()
-    with db.conn:
-        cur = db.conn.executemany(
-            "INSERT OR IGNORE INTO marked_elsewhere (source, key, run_id, noticed_at) VALUES (?, ?, ?, ?)",
-            ((source, k, run_id, at) for k in keys),
-        )
-    return max(cur.rowcount, 0)
+    return consume(db, _ELSEWHERE.format(source), keys, run_id)
 
 
 def noticed_elsewhere_in(state_db: Path, source: str) -> frozenset[str]:
     """``noticed_elsewhere`` for commands that only read: no state db yet means nothing noticed."""
-    if not Path(state_db).is_file():
-        return frozenset()
-    with StateDB(state_db) as db:
-        return noticed_elsewhere(db, source)
+    return consumed_in(state_db, _ELSEWHERE.format(source))

@@ -114,20 +114,3 @@ def m004_consumed_feedback(conn: sqlite3.Connection) -> None:
         ) WITHOUT ROWID
         """
     )
-
-
-@migration
-def m005_marked_elsewhere(conn: sqlite3.Connection) -> None:
-    # Feedback the app's own record marks as used that nightlora never consumed (the app's export
-    # button, an old nightly job), as each night first noticed it: check warns only about new ones.
-    conn.execute(
-        """
-        CREATE TABLE marked_elsewhere (
-            source TEXT NOT NULL,
-            key TEXT NOT NULL,
-            run_id INTEGER REFERENCES runs(id),
-            noticed_at TEXT NOT NULL,
-            PRIMARY KEY (source, key)
-        ) WITHOUT ROWID
-        """
-    )
