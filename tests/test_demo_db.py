@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import stat
@@ -18,7 +19,8 @@ from nightlora.sources.hanni.source import export_db as export_dataset
 
 
 def rows(path: Path) -> dict[str, list[Any]]:
-    with sqlite3.connect(path) as conn:
+    # closing(): the demo database is in WAL mode, whose -wal file goes when the last connection closes.
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         return {t: list(conn.execute(f"SELECT * FROM {t} ORDER BY id")) for t in ("conversations", "message_feedback", "flywheel_cycles")}
 
 
@@ -56,13 +58,34 @@ def test_same_seed_same_database_and_another_seed_another(tmp_path: Path, demo):
 
 
 def test_schema_is_the_apps(demo):
+    # The app's columns as db.rs creates and migrates them (init_db, migrate_conversations_category,
+    # migrate_sync_meta): this assertion used to list the seed's guess, without category and updated_at.
     with sqlite3.connect(demo.path) as conn:
-        cols = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in ("conversations", "message_feedback", "flywheel_cycles")}
+        info = {t: list(conn.execute(f"PRAGMA table_info({t})")) for t in ("conversations", "message_feedback", "flywheel_cycles")}
+        objects = {(r[0], r[1]) for r in conn.execute("SELECT type, name FROM sqlite_master")}
+        sql = {r[0]: r[1] for r in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")}
+        journal, version = conn.execute("PRAGMA journal_mode").fetchone()[0], conn.execute("PRAGMA user_version").fetchone()[0]
+    cols = {t: [r[1] for r in rows_] for t, rows_ in info.items()}
     assert cols == {
-        "conversations": ["id", "started_at", "ended_at", "summary", "message_count", "messages"],
-        "message_feedback": ["id", "conversation_id", "message_index", "rating", "created_at", "exported"],
-        "flywheel_cycles": ["id", "started_at", "finished_at", "status", "train_pairs", "eval_score", "notes", "adapter_path"],
+        "conversations": ["id", "started_at", "ended_at", "summary", "message_count", "messages", "category", "updated_at"],
+        "message_feedback": ["id", "conversation_id", "message_index", "rating", "created_at", "exported", "updated_at"],
+        "flywheel_cycles": ["id", "started_at", "finished_at", "status", "train_pairs", "eval_score", "notes", "adapter_path",
+                            "updated_at"],
     }
+    not_null = {t: {r[1] for r in rows_ if r[3]} for t, rows_ in info.items()}
+    assert not_null == {
+        "conversations": {"started_at", "messages", "updated_at"},
+        "message_feedback": {"conversation_id", "message_index", "rating", "created_at", "updated_at"},
+        "flywheel_cycles": {"started_at", "status", "updated_at"},
+    }
+    assert all("AUTOINCREMENT" in sql[t] for t in info)
+    for t in info:
+        assert {("trigger", f"{t}_set_updated_at_on_insert"), ("trigger", f"{t}_bump_updated_at"),
+                ("trigger", f"{t}_tombstone")} <= objects
+    assert {("table", "conversations_fts"), ("trigger", "conv_ai"), ("trigger", "conv_ad"), ("trigger", "conv_au"),
+            ("table", "sync_tombstones")} <= objects
+    assert "fts5" in sql["conversations_fts"].lower()
+    assert (journal, version) == ("wal", 10)
     assert rows(demo.path)["flywheel_cycles"] == []
 
 

@@ -108,7 +108,10 @@ def _check_context(messages: list[dict[str, Any]], raw: list[Any], upto: int) ->
 @settings(max_examples=200, deadline=None)
 @given(conversation, feedback_maps, st.integers(0, 5))
 def test_examples_follow_the_rules_on_any_input(raw: Any, feedback: dict[Any, Any], min_messages: int):
-    result = conversation_examples(3, raw, feedback, SYSTEM, split="valid", min_messages=min_messages)
+    # proactive_targets: the rules below hold for every assistant turn, including one that opens
+    # a conversation (Hanni's proactive messages, context only by default: test_proactive.py).
+    result = conversation_examples(3, raw, feedback, SYSTEM, split="valid", min_messages=min_messages,
+                                   proactive_targets=True)
     if result.skip_reason or result.too_short:
         assert not result.examples and not result.preferences
         return

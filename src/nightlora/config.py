@@ -259,31 +259,58 @@ def load_config(
     return _validate(tree, "command-line flags")
 
 
-PRESETS = ("hanni",)
+PRESETS = ("hanni", "openwebui")
 
 
-def preset_toml(name: str) -> str:
-    """The config file `nightlora init --preset NAME` writes: every key, with comments."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    c = Config()
-    s, t = c.source, c.target
-    manager = "launchd" if sys.platform == "darwin" else "process"
-    return f"""\
-# nightlora config (preset: {name}). Precedence: defaults < this file < NIGHTLORA_SECTION__KEY env < flags.
-# Relative paths are inside source.data_dir.
-
+def _source_toml(name: str, db: Path | None) -> str:
+    """The [source] section of a preset: every key of its kind, with comments."""
+    if name == "hanni":
+        s = SOURCES["hanni"].config()
+        return f"""\
 [source]
 kind = "hanni"
 data_dir = {toml_str(s.data_dir)}
 db = "hanni.db"
 system_prompt = "system_prompt.txt"
 state_dir = "nightlora"            # runs, adapter store, state db, lock, status.json
+history_window = {s.history_window}                # the app sends its model its last 20 messages: contexts are cut so (0 = all)
+proactive_targets = false          # the app's proactive messages answer no user turn: context only
+"""
+    s = SOURCES["openwebui"].config(kind="openwebui", **({"db": db} if db is not None else {}))
+    return f"""\
+[source]
+kind = "openwebui"
+db = {toml_str(s.db)}   # Open WebUI's database, read-only
+data_dir = {toml_str(s.data_dir)}   # nightlora's own files for it
+state_dir = "state"                # runs, adapter store, state db, lock, status.json
+# system_prompt = "/path/to/prompt.txt"   # for chats without their own (chat or user settings) prompt; unset: none
+user_ids = []                      # whose ratings (Open WebUI user ids; empty: everyone's)
+model_ids = []                     # whose replies are learned, e.g. ["llama3.2:3b"]: the model this adapter is for
+arena = false                      # arena (blind comparison) ratings too
+history_window = 0                 # Open WebUI sends the whole path: 0 = all
+"""
 
+
+def preset_toml(name: str, *, db: Path | None = None) -> str:
+    """The config file `nightlora init --preset NAME` writes: every key, with comments (``db``: the app's database)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    c = Config()
+    t = c.target
+    manager = "launchd" if sys.platform == "darwin" else "process"
+    # Open WebUI: a path of one question and its reply is a whole example.
+    min_messages = 2 if name == "openwebui" else c.data.min_messages
+    target_note = (f"# Open WebUI talks to it: Settings > Connections > OpenAI API, http://{t.host}:{t.port}/v1\n"
+                   if name == "openwebui" else "")
+    return f"""\
+# nightlora config (preset: {name}). Precedence: defaults < this file < NIGHTLORA_SECTION__KEY env < flags.
+# Relative paths are inside source.data_dir.
+
+{_source_toml(name, db)}
 [data]
 training_dir = "training"
 min_feedback = {c.data.min_feedback}                  # rated messages (up or down) needed before a night trains
-min_messages = {c.data.min_messages}                   # shorter conversations are not exported
+min_messages = {min_messages}                   # shorter conversations are not exported
 split = [80, 10, 10]               # train / valid / test, by a stable hash of the conversation id
 
 [train]
@@ -306,7 +333,7 @@ max_general_increase = {c.eval.max_general_increase}        # at most this much 
 smoke_prompts = {c.eval.smoke_prompts}
 
 [target]
-kind = "mlx_lm"                    # mlx_lm (restarted on each new adapter) | none (nightlora serves nothing)
+{target_note}kind = "mlx_lm"                    # mlx_lm (restarted on each new adapter) | none (nightlora serves nothing)
 manager = "{manager}"               # process | launchd | systemd
 host = "{t.host}"
 port = {t.port}

@@ -2,6 +2,12 @@
 
 Files are written with plistlib / plain text and read back for ``status``;
 launchctl and systemctl run through the runner seam.
+
+An app may still have its own old nightly job (Hanni's ``com.hanni.nightly-train`` LaunchAgent
+runs its original script at 03:00, which marks feedback exported that nightlora never saw).
+``find_old_agents`` finds such LaunchAgents and ``disable_old_agent`` unloads and disables one
+(``launchctl bootout`` + ``launchctl disable``), only when the user said so; its plist is
+left as it is, so ``launchctl enable`` brings it back.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import plistlib
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
@@ -253,6 +259,69 @@ class CronSchedule:
         st = self.status()
         notes = ["remove this line with `crontab -e`:", *st.notes] if st.installed else []
         return ScheduleStatus("cron", st.installed, st.at, None, [], self.argv, notes)
+
+
+@dataclass(frozen=True)
+class OldAgent:
+    """Another nightly job of the app's own, as a LaunchAgent."""
+
+    label: str
+    plist: Path
+    loaded: bool
+    disabled: bool  # launchctl disable (persists across logins)
+
+    def note(self) -> str:
+        if self.disabled:
+            return (f"the app's old nightly job {self.label} is disabled ({self.plist} is kept; "
+                    f"`launchctl enable gui/<uid>/{self.label}` brings it back)")
+        return (f"the app's old nightly job {self.label} is still enabled ({self.plist}): it also trains at night "
+                "and marks feedback exported; run `nightlora schedule install --disable-old-agent` to disable it")
+
+
+def _launchd_domain(uid: int | None) -> str:
+    return f"gui/{os.getuid() if uid is None else uid}"
+
+
+def _disabled_labels(runner: CommandRunner, domain: str) -> set[str]:
+    """Labels `launchctl print-disabled` lists as disabled ("label" => disabled, or => true before macOS 12)."""
+    r = runner.run(["launchctl", "print-disabled", domain], timeout=60)
+    out = set()
+    for line in r.stdout.splitlines() if r.ok else ():
+        name, arrow, state = line.strip().partition("=>")
+        if arrow and state.strip() in ("disabled", "true"):
+            out.add(name.strip().strip('"'))
+    return out
+
+
+def find_old_agents(labels: tuple[str, ...] | list[str], runner: CommandRunner, *,
+                    agents_dir: Path | None = None, uid: int | None = None) -> list[OldAgent]:
+    """The app's old LaunchAgents among ``labels`` that are installed (their plist exists)."""
+    agents_dir = agents_dir or Path.home() / "Library" / "LaunchAgents"
+    present = [(label, agents_dir / f"{label}.plist") for label in labels if (agents_dir / f"{label}.plist").exists()]
+    if not present:
+        return []
+    domain = _launchd_domain(uid)
+    disabled = _disabled_labels(runner, domain)
+    return [
+        OldAgent(label, plist, runner.run(["launchctl", "print", f"{domain}/{label}"], timeout=60).ok, label in disabled)
+        for label, plist in present
+    ]
+
+
+def disable_old_agent(agent: OldAgent, runner: CommandRunner, *, uid: int | None = None) -> OldAgent:
+    """Unload the agent now and keep launchd from loading it again; its plist stays."""
+    service = f"{_launchd_domain(uid)}/{agent.label}"
+    r = runner.run(["launchctl", "bootout", service], timeout=60)
+    if not r.ok and r.returncode not in BOOTOUT_NOT_LOADED:
+        raise ScheduleError(f"cannot unload {agent.label}: {r.summary()}")
+    r = runner.run(["launchctl", "disable", service], timeout=60)
+    if not r.ok:
+        raise ScheduleError(f"cannot disable {agent.label}: {r.summary()}")
+    return replace(agent, loaded=False, disabled=True)
+
+
+def with_notes(st: ScheduleStatus, notes: list[str]) -> ScheduleStatus:
+    return replace(st, notes=[*st.notes, *notes]) if notes else st
 
 
 # backend -> (argv, log folder, runner) -> Schedule

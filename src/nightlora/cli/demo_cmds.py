@@ -17,7 +17,6 @@ from nightlora.cli.common import AppState, emit, info, json_option, pass_state
 from nightlora.cli.run_cmds import _result_text
 from nightlora.cli.wiring import build_deps
 from nightlora.config import load_config
-from nightlora.dataset.system_prompt import load_system_prompt
 from nightlora.demo.setup import prepare_demo
 from nightlora.evaluate.probe import read_probe
 from nightlora.pipeline.nightly import run_nightly
@@ -66,7 +65,7 @@ def demo(state: AppState, demo_dir: Path, stop: str, conversations: int, keep_se
 
         item = read_probe(deps.source.probe_path)[0]
         reply = ask(deps.target.base_url, item["question"],
-                    system=load_system_prompt(deps.source.system_prompt_path)[0].text)
+                    system=deps.source.system_prompt()[0].text)
         live = AdapterStore.for_state_dir(cfg.source.state_path).current()
         summary = {
             "status": result.status, "live_adapter": live.name if live else None,

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from nightlora.cli.common import AppState, emit, info, json_option, pass_state
+from nightlora.cli.common import AppState, emit, info, json_option, pass_state, warn
 from nightlora.config import CONFIG_ENV, default_config_path
 from nightlora.targets.deploy import deploy
 from nightlora.errors import StoreError
 from nightlora.pipeline.lock import RunLock
 from nightlora.state.db import StateDB
 from nightlora.platform.runner import SubprocessRunner
-from nightlora.schedule import ScheduleStatus, make_schedule, nightly_argv
+from nightlora.schedule import (
+    ScheduleStatus, disable_old_agent, find_old_agents, make_schedule, nightly_argv, with_notes,
+)
 from nightlora.cli.wiring import build_target
 from nightlora.state.store import AdapterStore, Version
 
@@ -113,18 +116,41 @@ _backend_option = click.option("--backend", type=click.Choice(["launchd", "syste
                                help="Default: launchd on macOS, systemd where it runs, else a crontab line.")
 
 
+def _old_agents(labels: tuple[str, ...], runner: SubprocessRunner, disable: bool | None) -> list[str]:
+    """The app's own old nightly LaunchAgents: disabled when the user says so (flag or prompt), never silently."""
+    notes = []
+    for agent in find_old_agents(labels, runner):
+        if not agent.disabled:
+            yes = disable if disable is not None else (
+                sys.stdin.isatty() and click.confirm(
+                    f"{agent.label} ({agent.plist}) is the app's old nightly job: it trains too and marks feedback "
+                    "exported that nightlora never saw. Disable it?", default=True, err=True))
+            if yes:
+                agent = disable_old_agent(agent, runner)
+            else:
+                warn(agent.note())
+        notes.append(agent.note())
+    return notes
+
+
 @schedule.command("install")
 @click.option("--at", "at", default=None, help="HH:MM (default: schedule.at).")
+@click.option("--disable-old-agent/--keep-old-agent", "disable_old", default=None,
+              help="The app's own old nightly LaunchAgent (Hanni: com.hanni.nightly-train), if installed: "
+                   "disable it (launchctl bootout + disable; the plist is kept) or leave it. Default: ask.")
 @_backend_option
 @json_option
 @pass_state
-def schedule_install(state: AppState, at: str | None, backend: str | None, as_json: bool) -> None:
+def schedule_install(state: AppState, at: str | None, disable_old: bool | None, backend: str | None,
+                     as_json: bool) -> None:
     """Install (or update) the nightly run."""
     cfg = state.config({"schedule.at": at})
     config_path = _config_for_schedule(state)
-    sched = make_schedule(nightly_argv(config_path), cfg.source.state_path, SubprocessRunner(), backend=backend)  # type: ignore[arg-type]
+    runner = SubprocessRunner()
+    sched = make_schedule(nightly_argv(config_path), cfg.source.state_path, runner, backend=backend)  # type: ignore[arg-type]
+    notes = _old_agents(getattr(cfg.source, "old_agents", ()), runner, disable_old) if sched.backend == "launchd" else []
     st = sched.install(cfg.schedule.at)
-    emit(st, as_json, _schedule_text)
+    emit(with_notes(st, notes), as_json, _schedule_text)
 
 
 @schedule.command("status")

@@ -12,6 +12,7 @@ such records, and anything else orjson refuses (integers beyond 64 bits), go thr
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -41,6 +42,7 @@ class Converted:
     feedback_problems: list[str] = field(default_factory=list)
     # (file stem: a split or "preferences", digest of the line without meta, the line)
     lines: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    cases: Counter[str] = field(default_factory=Counter)
 
 
 def _stdlib_dumps(value: Any) -> bytes:
@@ -73,15 +75,22 @@ def encode_record(record: dict[str, Any]) -> tuple[bytes, bytes]:
     return _encode(record, _stdlib_dumps)
 
 
-def convert(conv: Conversation, system_prompt: str, split: tuple[int, int, int], min_messages: int) -> Converted:
+def convert(conv: Conversation, system_prompt: str, split: tuple[int, int, int], min_messages: int,
+            history_window: int | None = None) -> Converted:
     """One source conversation -> its lines (or why it gave none)."""
     out = Converted(conv.id, conv.rated)
     if conv.skip_reason:
         out.skip_reason = conv.skip_reason
         return out
-    part = split_of(conv.id, split)
-    ex = conversation_examples(conv.id, conv.messages, conv.ratings, system_prompt, split=part, min_messages=min_messages)
+    part = split_of(conv.id if conv.split_key is None else conv.split_key, split)
+    prompt = system_prompt if conv.system_prompt is None else conv.system_prompt
+    ex = conversation_examples(
+        conv.id, conv.messages, conv.ratings, prompt, split=part, min_messages=min_messages,
+        context_only=conv.context_only, unprompted=conv.unprompted, alternatives=conv.alternatives,
+        message_ids=conv.message_ids, history_window=history_window,
+    )
     out.skip_reason, out.too_short, out.feedback_problems = ex.skip_reason, ex.too_short, ex.feedback_problems
+    out.cases = ex.cases
     out.lines = [(part, *encode_record(e)) for e in ex.examples]
     out.lines += [(PREFERENCES_STEM, *encode_record(p)) for p in ex.preferences]
     return out

@@ -18,12 +18,23 @@ Rules (docs/export.md explains why):
 * Stored ``system`` messages are dropped: the configured system prompt comes first instead.
   Their indexes still count, so feedback indexes keep pointing where the app meant.
 * Rating 0 (withdrawn) counts as unrated.
+* A turn the source marks context only (a proactive message, a reply by another model,
+  a turn already exported on another path of the same chat) is never a target, a rejected
+  or a chosen reply; an unprompted turn (one that answers no user message) is never the
+  chosen reply of another.  Each such case is counted by reason (``cases``).
+* ``history_window``: the app sends the model only its last N messages; each context is
+  cut the same way (the system prompt still comes first).
+* A rated-down turn with an explicit alternative (a regenerated sibling the user rated up)
+  gets it as chosen (``chosen_from = "sibling"``) before the rules above are tried.
+* An empty system prompt means the app sent none: examples then start with the conversation.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from nightlora.dataset.messages import Message, is_learnable, is_real
 from nightlora.dataset.tools import infer_tools
@@ -42,6 +53,8 @@ class ConversationExport:
     too_short: bool = False
     # One reason per feedback row that could not be applied (the conversation is still exported).
     feedback_problems: list[str] = field(default_factory=list)
+    # Turns left out or handled by a special rule, by reason (the manifest's ``cases``).
+    cases: Counter[str] = field(default_factory=Counter)
 
 
 def _has_real_messages(messages: list[Message]) -> bool:
@@ -67,11 +80,34 @@ def _valid_ratings(messages: list[Message], feedback: Mapping[Any, Any], problem
     return ratings
 
 
-def _chosen_for(messages: list[Message], ratings: dict[int, int], rejected: int) -> tuple[int | None, str | None]:
+@dataclass(frozen=True)
+class _Rules:
+    """What the source says about some turns of one conversation (sources/base.py Conversation)."""
+
+    context_only: Mapping[int, str]
+    unprompted: Collection[int]
+    alternatives: Mapping[int, tuple[Message, str | None]]
+    message_ids: Mapping[int, str]
+    cases: Counter[str]
+
+    def barred(self, index: int) -> str | None:
+        """Why this turn may not be a chosen reply (None: it may)."""
+        return self.context_only.get(index) or ("unprompted" if index in self.unprompted else None)
+
+
+def _chosen_for(messages: list[Message], ratings: dict[int, int], rejected: int,
+                rules: _Rules) -> tuple[int | None, str | None]:
     """Index and kind of the reply preferred over the rejected one, if the conversation has one."""
+
+    def allowed(i: int) -> bool:
+        reason = rules.barred(i)
+        if reason is not None:
+            rules.cases[f"{reason}_not_chosen"] += 1
+        return reason is None
+
     i = rejected + 1
     while i < len(messages) and messages[i]["role"] == "assistant":
-        if ratings.get(i) == 1 and is_learnable(messages[i]):
+        if ratings.get(i) == 1 and is_learnable(messages[i]) and allowed(i):
             return i, "alternative"
         i += 1
     while i < len(messages) and messages[i]["role"] != "user":
@@ -80,13 +116,14 @@ def _chosen_for(messages: list[Message], ratings: dict[int, int], rejected: int)
         msg = messages[j]
         if msg["role"] == "user":
             break
-        if is_learnable(msg):
+        if is_learnable(msg) and allowed(j):
             return (None, None) if ratings.get(j) == -1 else (j, "next_reply")
     return None, None
 
 
-def _meta(conversation_id: int | str, index: int, rating: int | None, split: str, target: Message) -> dict[str, Any]:
-    return {
+def _meta(conversation_id: int | str, index: int, rating: int | None, split: str, target: Message,
+          rules: _Rules) -> dict[str, Any]:
+    meta = {
         "conversation_id": conversation_id,
         "message_index": index,
         "rating": rating,
@@ -95,6 +132,9 @@ def _meta(conversation_id: int | str, index: int, rating: int | None, split: str
         # Templates without tool support render such a target as an empty reply: a trainer may drop it.
         "tool_call": "tool_calls" in target,
     }
+    if index in rules.message_ids:
+        meta["message_id"] = rules.message_ids[index]
+    return meta
 
 
 def conversation_examples(
@@ -105,6 +145,11 @@ def conversation_examples(
     *,
     split: str = "train",
     min_messages: int = 0,
+    context_only: Mapping[int, str] | None = None,
+    unprompted: Collection[int] = frozenset(),
+    alternatives: Mapping[int, tuple[Message, str | None]] | None = None,
+    message_ids: Mapping[int, str] | None = None,
+    history_window: int | None = None,
 ) -> ConversationExport:
     """Examples and preference records of one conversation (``feedback``: message_index -> rating)."""
     result = ConversationExport()
@@ -116,8 +161,11 @@ def conversation_examples(
         return result
 
     ratings = _valid_ratings(messages, feedback, result.feedback_problems)
-    system: Message = {"role": "system", "content": system_prompt}
-    context: list[Message] = [system]
+    rules = _Rules(context_only or {}, unprompted, alternatives or {}, message_ids or {}, result.cases)
+    head: list[Message] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    # Every non-system message so far, and its index: a window is the tail of it.
+    history: list[Message] = []
+    positions: list[int] = []
     calls_tools = False  # most conversations never call a tool: skip looking for calls then
     # The tools of the last example, shared by the examples after it until the next call:
     # rebuilding them for every example would cost time quadratic in the conversation.
@@ -129,17 +177,36 @@ def conversation_examples(
             calls_tools, tools = True, None
         if is_learnable(msg):
             rating = ratings.get(index)
-            if rating == -1:
-                result.preferences.append(_preference(conversation_id, messages, ratings, index, context, split))
+            reason = rules.context_only.get(index)
+            if reason is not None:
+                result.cases[reason] += 1
+                if rating is not None:
+                    result.cases[f"{reason}_rated"] += 1
             else:
-                example: dict[str, Any] = {"messages": [*context, msg]}
-                if calls_tools:
-                    if tools is None:
-                        tools = infer_tools(example["messages"])
-                    example["tools"] = tools
-                example["meta"] = _meta(conversation_id, index, rating, split, msg)
-                result.examples.append(example)
-        context.append(msg)
+                if index in rules.unprompted:
+                    result.cases["unprompted_target"] += 1
+                start = 0
+                if history_window is not None:
+                    start = bisect_left(positions, index - history_window)
+                    if start:
+                        result.cases["context_windowed"] += 1
+                context = [*head, *history[start:]] if start else [*head, *history]
+                if rating == -1:
+                    result.preferences.append(_preference(conversation_id, messages, ratings, index, context, split, rules))
+                else:
+                    example: dict[str, Any] = {"messages": [*context, msg]}
+                    if calls_tools:
+                        if start:  # a window may have cut calls off: these tools are this example's own
+                            if window_tools := infer_tools(example["messages"]):
+                                example["tools"] = window_tools
+                        else:
+                            if tools is None:
+                                tools = infer_tools(example["messages"])
+                            example["tools"] = tools
+                    example["meta"] = _meta(conversation_id, index, rating, split, msg, rules)
+                    result.examples.append(example)
+        history.append(msg)
+        positions.append(index)
     return result
 
 
@@ -150,15 +217,26 @@ def _preference(
     index: int,
     context: list[Message],
     split: str,
+    rules: _Rules,
 ) -> dict[str, Any]:
     rejected = messages[index]
-    chosen_index, chosen_from = _chosen_for(messages, ratings, index)
-    chosen = [messages[chosen_index]] if chosen_index is not None else None
+    chosen_id: str | None = None
+    if index in rules.alternatives:
+        alternative, chosen_id = rules.alternatives[index]
+        chosen: list[Message] | None = [alternative]
+        chosen_index, chosen_from = None, "sibling"
+    else:
+        chosen_index, chosen_from = _chosen_for(messages, ratings, index, rules)
+        chosen = [messages[chosen_index]] if chosen_index is not None else None
+        if chosen_index is not None:
+            chosen_id = rules.message_ids.get(chosen_index)
     record: dict[str, Any] = {"prompt": list(context), "chosen": chosen, "rejected": [rejected]}
     if tools := infer_tools([*context, rejected, *(chosen or ())]):
         record["tools"] = tools
-    meta = _meta(conversation_id, index, -1, split, rejected)
+    meta = _meta(conversation_id, index, -1, split, rejected, rules)
     meta["chosen_index"] = chosen_index
     meta["chosen_from"] = chosen_from
+    if chosen_id is not None:
+        meta["chosen_message_id"] = chosen_id
     record["meta"] = meta
     return record

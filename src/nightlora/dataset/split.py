@@ -13,7 +13,7 @@ from nightlora.paths import SPLITS  # noqa: F401  (re-exported: the split names)
 _SALT = b"nightlora-split-v1:"
 
 
-def split_of(conversation_id: int, percentages: tuple[int, int, int] = (80, 10, 10)) -> str:
+def split_of(conversation_id: int | str, percentages: tuple[int, int, int] = (80, 10, 10)) -> str:
     bucket = int.from_bytes(hashlib.sha256(_SALT + str(conversation_id).encode()).digest()[:8], "big") % 100
     train, valid, _ = percentages
     if bucket < train:

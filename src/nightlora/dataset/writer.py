@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,6 +92,7 @@ class _Dataset:
         self.skipped: dict[str, list[int]] = defaultdict(list)
         self.conversations = {"total": 0, "exported": 0, "too_short": 0, "skipped": 0, "rated": 0}
         self.duplicates = {"examples": 0, "preferences": 0}
+        self.cases: Counter[str] = Counter()
 
     def add(self, conv: Converted) -> None:
         tally = self.conversations
@@ -107,6 +108,7 @@ class _Dataset:
             self.skipped[reason].append(conv.id)
         tally["exported"] += 1
         tally["rated"] += conv.rated
+        self.cases.update(conv.cases)
         for stem, digest, line in conv.lines:
             kind = "preferences" if stem == PREFERENCES_STEM else "examples"
             if self._seen[kind].add(digest):
@@ -174,16 +176,19 @@ def export_dataset(
     except OSError as e:
         raise ExportError(f"cannot create output folder {out_dir}: {e.strerror}") from None
 
+    window = getattr(source, "history_window", None)
     with source.snapshot(consumed) as snap:
         gate = snap.counts(0)
         seen = snap.seen()
         orphans = snap.orphans()
+        elsewhere = len(snap.marked_elsewhere())
         t_snapshot = time.monotonic()
         try:
             with contextlib.ExitStack() as stack:
                 dataset = _Dataset(stack, out_dir)
                 for conv in snap.conversations():
-                    dataset.add(convert(conv, prompt.text, split, min_messages))
+                    dataset.add(convert(conv, prompt.text, split, min_messages, window))
+                dataset.cases.update(snap.cases())
                 dataset.flush()
             dataset.remove_unwritten()
         except OSError as e:
@@ -201,12 +206,16 @@ def export_dataset(
         "conversations": dataset.conversations,
         "duplicates": dataset.duplicates,
         "skipped": dict(sorted(dataset.skipped.items())),
+        # Turns left out or handled by a special rule, by reason (docs/export.md lists them).
+        "cases": dict(sorted(dataset.cases.items())),
+        "history_window": window,
         "feedback": {
             "high_water": seen.high_water,
             "positive": gate.positive,
             "negative": gate.negative,
             "total": gate.total,
             "orphans": orphans,
+            "marked_elsewhere": elsewhere,
             "seen": seen.to_dict(),
         },
         "system_prompt_sha256": prompt.sha256,

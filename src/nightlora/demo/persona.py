@@ -150,6 +150,14 @@ CLOSINGS = {
     "ru": (("Спасибо!", "Пожалуйста!"), ("Отлично, спасибо.", "Обращайся.")),
 }
 
+# What the assistant says on its own initiative (Hanni's proactive messages), never a fact's probe words.
+PROACTIVE = {
+    "en": ("Good morning! Cello first, then work?", "It's 18:00: time to walk Baron.",
+           "Rain is expected in Lisbon after 17:00: take an umbrella.", "Don't forget: Sonya's school play is tomorrow."),
+    "ru": ("Доброе утро! Сначала виолончель, потом работа?", "Уже 18:00: пора погулять с Бароном.",
+           "В Лиссабоне после 17:00 обещают дождь: возьми зонт."),
+}
+
 CORRECTION = {"en": ("No, that's wrong. ", "Sorry, my mistake. "), "ru": ("Нет, это не так. ", "Прости, я ошиблась. ")}
 ACK = {"en": "Got it. ", "ru": "Запомнила. "}
 

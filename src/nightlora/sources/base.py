@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Mapping, Protocol
 
 from nightlora.dataset.messages import Message
 from nightlora.state.db import AppRecorder
+
+if TYPE_CHECKING:
+    from nightlora.dataset.system_prompt import SystemPrompt
 
 
 @dataclass(frozen=True)
@@ -110,13 +113,30 @@ class RangeBuilder:
 
 @dataclass(frozen=True)
 class Conversation:
-    """One conversation as the dataset rules take it; ``skip_reason`` set means it cannot be read."""
+    """One conversation as the dataset rules take it; ``skip_reason`` set means it cannot be read.
+
+    A source whose app keeps a tree of messages (Open WebUI) hands one linear
+    Conversation per path, all with the chat's id and ``split_key``.
+    """
 
     id: int | str
     messages: list[Message] = field(default_factory=list)
     ratings: Mapping[Any, Any] = field(default_factory=dict)  # message index -> rating, as stored
     rated: bool = False
     skip_reason: str | None = None
+    # index -> why that turn is context only: never a target, a rejected reply or a chosen one
+    # (a proactive message, a reply by another model, a turn already exported on another path)
+    context_only: Mapping[int, str] = field(default_factory=dict)
+    # turns that answer no user message (the assistant's own initiative): never the chosen reply of another
+    unprompted: frozenset[int] = frozenset()
+    # a rated-down turn's index -> (a reply the user preferred in the same context, its id): a regenerated sibling
+    alternatives: Mapping[int, tuple[Message, str | None]] = field(default_factory=dict)
+    # what the split hashes (None: the id), so that every path of one chat lands in one split
+    split_key: int | str | None = None
+    # index -> the app's own message id, written to each record's meta as message_id
+    message_ids: Mapping[int, str] = field(default_factory=dict)
+    # the system prompt the app sent with this conversation (None: the source's default one)
+    system_prompt: str | None = None
 
 
 class Snapshot(Protocol):
@@ -125,6 +145,12 @@ class Snapshot(Protocol):
     def orphans(self) -> int:
         """Feedback rows whose conversation does not exist."""
     def conversations(self) -> Iterator[Conversation]: ...
+    def marked_elsewhere(self) -> list[str]:
+        """Feedback ids the app's own record marks as used that nightlora never consumed
+        (another exporter took them); [] where the app keeps no such record."""
+    def cases(self) -> Mapping[str, int]:
+        """Feedback rows the source itself left out or handled specially, by reason (the
+        manifest's ``cases`` with the dataset rules' own); complete once conversations() is read."""
 
 
 class Source(Protocol):
@@ -137,6 +163,12 @@ class Source(Protocol):
     system_prompt_path: Path | None
     #: held-out questions about the user, when the source keeps them
     probe_path: Path | None
+    #: the app sends the model only its last N messages: contexts are cut the same way (None: all)
+    history_window: int | None
+
+    def system_prompt(self) -> "tuple[SystemPrompt, list[str]]":
+        """The prompt examples start with when a conversation brings none of its own (and the
+        probe asks with), and warnings about it (e.g. the built-in prompt was used)."""
 
     def snapshot(self, consumed: frozenset[str] | set[str] = frozenset()) -> ContextManager[Snapshot]:
         """One read snapshot; ``consumed``: feedback ids (as text) nightlora already consumed."""

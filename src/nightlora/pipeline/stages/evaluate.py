@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nightlora.dataset.system_prompt import load_system_prompt
 from nightlora.evaluate import general
 from nightlora.evaluate.evaluation import build_data, evaluate
 from nightlora.evaluate.gate import check_promotable, decide
@@ -44,7 +43,7 @@ def run(night: Night) -> str | None:
         return None
 
     source = night.deps.source
-    system = load_system_prompt(source.system_prompt_path)[0].text
+    system = source.system_prompt()[0].text
     trainer = night.deps.trainer_for(train.backend)
     answers = general.base_answers(lambda: trainer.scorer(train.base_model), system, night.state.cache,
                                    model_fingerprint(train.base_model), log=night.log)

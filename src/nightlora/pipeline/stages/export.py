@@ -6,7 +6,6 @@ Writes: <run>/data/ (train/valid/test.jsonl, preferences.jsonl, manifest.json).
 
 from __future__ import annotations
 
-from nightlora.dataset.system_prompt import load_system_prompt
 from nightlora.dataset.writer import export_dataset
 from nightlora.errors import ExportError
 from nightlora.pipeline.night import Night
@@ -14,7 +13,7 @@ from nightlora.pipeline.night import Night
 
 def run(night: Night) -> str | None:
     source, data = night.deps.source, night.cfg.data
-    prompt, warnings = load_system_prompt(source.system_prompt_path)
+    prompt, warnings = source.system_prompt()
     for w in warnings:
         night.log(f"warning: {w}")
     exported = export_dataset(source, night.run.data, prompt, consumed=night.consumed,

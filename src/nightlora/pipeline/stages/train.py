@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from nightlora.dataset.system_prompt import load_system_prompt
 from nightlora.evaluate import general
 from nightlora.models import base_model, model_fingerprint, num_layers
 from nightlora.paths import REPLAY
@@ -38,7 +37,7 @@ def run(night: Night) -> str | None:
     model_dir = base_model(cfg.train.model, cfg.models_dir, target.served_model())
     trainer = night.deps.trainer_for(cfg.train.backend)
 
-    system = load_system_prompt(night.deps.source.system_prompt_path)[0].text
+    system = night.deps.source.system_prompt()[0].text
     answers = general.base_answers(lambda: trainer.scorer(model_dir), system, night.state.cache,
                                    model_fingerprint(model_dir), log=night.log)
     train_split = read_split(night.run.data, "train")

@@ -9,6 +9,11 @@ mode its commits wait (up to its own busy timeout) until the snapshot ends.
 ``mark_exported`` is the only function here that writes to hanni.db (the flywheel_cycles
 record is in cycles.py).  Which feedback nightlora consumed is its own record
 (state/cursor.py); the snapshot leaves that out as well as what the app marks exported.
+
+A feedback row's key (the cursor's, and what ``mark_exported`` matches) is its id, or
+``"id@updated_at"`` where the table has the app's ``updated_at`` (schema.py): the owner sync
+can replace a row with another device's row of the same id, which a bare id would take
+for one already used.  A bare-id key of an earlier night still covers its row.
 """
 
 from __future__ import annotations
@@ -17,14 +22,17 @@ import contextlib
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Iterator, Sequence
+from typing import Any, Collection, ContextManager, Iterator, Sequence
 
 from nightlora.errors import ExportError, SourceError
 from nightlora.sources.base import FeedbackCounts, RangeBuilder, SeenFeedback
+from nightlora.sources.readonly import check_columns, read_snapshot
 
 BUSY_TIMEOUT_S = 5.0
 
-# The app's schema (its contract with us: we read it, we never change it).
+# The columns the export reads, without the app's NOT NULLs, triggers and sync columns
+# (the app's own schema is schema.py): tests write rows the app's constraints refuse, to see
+# the export survive them, and databases of app versions before its sync look like this.
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS conversations (
     id INTEGER PRIMARY KEY,
@@ -65,43 +73,13 @@ REQUIRED_COLUMNS = {
 UNEXPORTED = "COALESCE(exported, 0) = 0"
 
 
-def _ro_uri(path: Path) -> str:
-    return path.absolute().as_uri() + "?mode=ro"
-
-
 def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
-    for table, needed in REQUIRED_COLUMNS.items():
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        if not have:
-            raise SourceError(f"{path} is not a Hanni database (no {table} table)")
-        missing = sorted(needed - have)
-        if missing:
-            raise SourceError(f"{path} is not a Hanni database ({table} lacks {', '.join(missing)})")
+    check_columns(conn, path, "a Hanni database", REQUIRED_COLUMNS)
 
 
-@contextlib.contextmanager
-def open_snapshot(db_path: Path) -> Iterator[sqlite3.Connection]:
+def open_snapshot(db_path: Path) -> ContextManager[sqlite3.Connection]:
     """A read-only connection inside one read transaction: every query sees the same snapshot."""
-    path = Path(db_path)
-    if not path.is_file():
-        raise SourceError(f"Hanni database not found: {path}")
-    try:
-        conn = sqlite3.connect(_ro_uri(path), uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as e:
-        raise SourceError(f"cannot open {path}: {e}") from None
-    try:
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute("BEGIN")
-        # A deferred transaction takes its snapshot at the first read: read now, before anything else.
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        _check_schema(conn, path)
-        yield conn
-    except sqlite3.Error as e:
-        raise SourceError(f"cannot read {path}: {e}") from None
-    finally:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        conn.close()
+    return read_snapshot(db_path, "a Hanni database", REQUIRED_COLUMNS)
 
 
 def feedback_high_water(conn: sqlite3.Connection) -> int | None:
@@ -109,12 +87,39 @@ def feedback_high_water(conn: sqlite3.Connection) -> int | None:
     return conn.execute("SELECT MAX(id) FROM message_feedback").fetchone()[0]
 
 
+def has_updated_at(conn: sqlite3.Connection) -> bool:
+    """Whether the feedback table has the app's sync column (app versions since its owner sync)."""
+    return any(row[1] == "updated_at" for row in conn.execute("PRAGMA table_info(message_feedback)"))
+
+
+def feedback_key(fid: int, updated_at: Any) -> str:
+    return f"{fid}@{updated_at}" if updated_at is not None else str(fid)
+
+
+def split_key(key: str) -> tuple[int, str | None]:
+    """``"14@2026-05-19T01:02:03.000"`` -> (14, "2026-05-19T01:02:03.000"); ``"14"`` -> (14, None)."""
+    fid, sep, updated_at = key.partition("@")
+    return int(fid), (updated_at if sep else None)
+
+
+def _is_consumed(consumed: Collection[str], fid: int, updated_at: Any) -> bool:
+    if not consumed:
+        return False
+    return str(fid) in consumed or (updated_at is not None and feedback_key(fid, updated_at) in consumed)
+
+
+def _updated_at_column(conn: sqlite3.Connection) -> str:
+    return "updated_at" if has_updated_at(conn) else "NULL"
+
+
 def count_feedback(conn: sqlite3.Connection, min_feedback: int, consumed: Collection[str] = ()) -> FeedbackCounts:
     """The gate's counts, read inside the caller's snapshot: ratings 1 and -1 not yet used."""
     positive = negative = 0
-    rows = conn.execute(f"SELECT id, rating FROM message_feedback WHERE {UNEXPORTED} AND rating IN (1, -1)")
-    for fid, rating in rows:
-        if consumed and str(fid) in consumed:
+    rows = conn.execute(
+        f"SELECT id, rating, {_updated_at_column(conn)} FROM message_feedback WHERE {UNEXPORTED} AND rating IN (1, -1)"
+    )
+    for fid, rating, updated_at in rows:
+        if _is_consumed(consumed, fid, updated_at):
             continue
         if rating == 1:
             positive += 1
@@ -130,15 +135,34 @@ def feedback_counts(db_path: Path, min_feedback: int, consumed: Collection[str] 
 
 
 def seen_feedback(conn: sqlite3.Connection, consumed: Collection[str] = ()) -> SeenFeedback:
-    """The unexported, unconsumed feedback rows of the snapshot as exact id ranges (streamed, not loaded)."""
+    """The unexported, unconsumed feedback rows of the snapshot (streamed, not loaded).
+
+    As exact id ranges, or, where rows have ``updated_at``, as one ``id@updated_at`` key each:
+    marking then touches a row only while it is still the one the export saw.
+    """
     high_water = feedback_high_water(conn)
+    if has_updated_at(conn):
+        keys = [
+            feedback_key(fid, updated_at)
+            for fid, updated_at in conn.execute(f"SELECT id, updated_at FROM message_feedback WHERE {UNEXPORTED} ORDER BY id")
+            if not _is_consumed(consumed, fid, updated_at)
+        ]
+        return SeenFeedback(high_water, (), len(keys), tuple(keys))
     ranges = RangeBuilder()
     for fid, unexported in conn.execute(f"SELECT id, {UNEXPORTED} FROM message_feedback ORDER BY id"):
-        if unexported and not (consumed and str(fid) in consumed):
+        if unexported and not _is_consumed(consumed, fid, None):
             ranges.add(fid)
         else:
             ranges.gap()
     return ranges.result(high_water)
+
+
+def marked_elsewhere(conn: sqlite3.Connection, consumed: Collection[str] = ()) -> list[str]:
+    """Feedback ids marked exported that nightlora never consumed: the app's export button, or its
+    old nightly script (com.hanni.nightly-train), took them."""
+    ours = {split_key(k)[0] for k in consumed if k.partition("@")[0].isdigit()}
+    return [str(fid) for (fid,) in conn.execute("SELECT id FROM message_feedback WHERE exported = 1 ORDER BY id")
+            if fid not in ours]
 
 
 @dataclass(frozen=True)
@@ -184,13 +208,18 @@ def mark_exported(db_path: Path, seen: SeenFeedback | Sequence[tuple[int, int]])
     """Mark exactly the feedback rows an export saw as exported, in one transaction; return how many.
 
     ``seen`` is the export's ``SeenFeedback`` (or its id ranges).  Idempotent: rows already
-    marked are left alone, so a second call returns 0.
+    marked are left alone, so a second call returns 0.  A key with ``updated_at`` marks its
+    row only if that is still the row's ``updated_at`` (a re-rated or synced row is newer).
     """
     if isinstance(seen, SeenFeedback):
-        ranges, high_water = seen.ranges, seen.high_water
+        ranges, keys, high_water = seen.ranges, seen.keys, seen.high_water
     else:
-        ranges = tuple(seen)
+        ranges, keys = tuple(seen), ()
         high_water = max((hi for _, hi in ranges), default=None)
+    try:
+        pairs = [split_key(k) for k in keys]
+    except ValueError:
+        raise ExportError("the export's feedback keys are not Hanni feedback ids") from None
     path = Path(db_path)
     if not path.is_file():
         raise SourceError(f"Hanni database not found: {path}")
@@ -206,11 +235,23 @@ def mark_exported(db_path: Path, seen: SeenFeedback | Sequence[tuple[int, int]])
             if high_water is not None and (current is None or current < high_water):
                 raise ExportError(f"the export's feedback (ids up to {high_water}) is not in {path}: wrong database?")
             # rowcount, not total_changes: the app's AFTER UPDATE trigger (updated_at) writes too.
-            cur = conn.executemany(
-                f"UPDATE message_feedback SET exported = 1 WHERE id BETWEEN ? AND ? AND {UNEXPORTED}",
-                ranges,
-            )
-            marked = max(cur.rowcount, 0)
+            marked = 0
+            if ranges:
+                cur = conn.executemany(
+                    f"UPDATE message_feedback SET exported = 1 WHERE id BETWEEN ? AND ? AND {UNEXPORTED}", ranges,
+                )
+                marked += max(cur.rowcount, 0)
+            with_time = [(fid, at) for fid, at in pairs if at is not None]
+            bare = [(fid,) for fid, at in pairs if at is None]
+            if with_time:
+                cur = conn.executemany(
+                    f"UPDATE message_feedback SET exported = 1 WHERE id = ? AND updated_at = ? AND {UNEXPORTED}",
+                    with_time,
+                )
+                marked += max(cur.rowcount, 0)
+            if bare:
+                cur = conn.executemany(f"UPDATE message_feedback SET exported = 1 WHERE id = ? AND {UNEXPORTED}", bare)
+                marked += max(cur.rowcount, 0)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):

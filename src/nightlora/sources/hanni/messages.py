@@ -5,7 +5,13 @@ Older rows hold ``[role, content]`` pairs; newer rows hold OpenAI chat objects
 Both become OpenAI chat dicts with only the keys chat templates know.  Text is never
 altered, except that one trailing `` /no_think`` marker is removed as a suffix.
 Anything unexpected raises ``BadConversation`` with a short reason, so the caller can
-skip the row and count it.  What counts as a real or a learnable message, whatever the
+skip the row and count it.
+
+Proactive messages (the app writing first, proactive.rs) are assistant turns that answer no
+user message: a conversation that opens with one (the app's chat.js stores it as
+``[Автономное сообщение Ханни]: …``), or one stored mid-conversation as
+``{"role": "assistant", "content": …, "proactive": true}`` (spring builds), which the app
+prefixes with the same marker once the user replies.  ``proactive_turns`` finds them.  What counts as a real or a learnable message, whatever the
 source, is in dataset/messages.py.
 """
 
@@ -17,6 +23,7 @@ from typing import Any
 from nightlora.dataset.messages import ROLES, BadConversation, Message
 
 NO_THINK = " /no_think"
+PROACTIVE_MARKER = "[Автономное сообщение Ханни]:"
 
 
 def parse_messages(raw: bytes | str | None) -> Any:
@@ -117,4 +124,24 @@ def normalize_messages(parsed: Any) -> list[Message]:
             out.append(_from_pair(item))
         else:
             raise BadConversation("bad_message")
+    return out
+
+
+def proactive_turns(parsed: list[Any], messages: list[Message]) -> dict[int, str]:
+    """Index -> why that assistant turn is proactive: ``proactive_opening`` (no user turn before
+    it), ``proactive_flagged`` (stored with ``"proactive": true``), ``proactive_marker`` (the
+    app's marker without the flag)."""
+    out: dict[int, str] = {}
+    user_seen = False
+    for index, (item, msg) in enumerate(zip(parsed, messages)):
+        role = msg["role"]
+        if role == "user":
+            user_seen = True
+        elif role == "assistant":
+            if not user_seen:
+                out[index] = "proactive_opening"
+            elif isinstance(item, dict) and item.get("proactive") is True:
+                out[index] = "proactive_flagged"
+            elif msg["content"].startswith(PROACTIVE_MARKER):
+                out[index] = "proactive_marker"
     return out

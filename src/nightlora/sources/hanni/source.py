@@ -16,41 +16,51 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping
 
 from nightlora.dataset.examples import ConversationExport
 from nightlora.dataset.examples import conversation_examples as _examples
-from nightlora.dataset.messages import BadConversation
+from nightlora.dataset.messages import BadConversation, Message
+from nightlora.dataset.system_prompt import SystemPrompt, load_system_prompt
 from nightlora.paths import PROBE
 from nightlora.sources.base import Conversation, FeedbackCounts, SeenFeedback
 from nightlora.sources.hanni import db
 from nightlora.sources.hanni.config import HanniSourceConfig
 from nightlora.sources.hanni.cycles import HanniCycles
-from nightlora.sources.hanni.messages import normalize_messages, parse_messages
+from nightlora.sources.hanni.messages import normalize_messages, parse_messages, proactive_turns
 
 if TYPE_CHECKING:
     from nightlora.dataset.writer import ExportResult
 
 
-def read_conversation(row: db.ConversationRow) -> Conversation:
+def _proactive_rules(parsed: Any, messages: list[Message], proactive_targets: bool) -> dict[str, Any]:
+    """Proactive turns are never a chosen reply; unless the config says so, context only."""
+    reasons = proactive_turns(parsed, messages)
+    return {"context_only": {} if proactive_targets else reasons, "unprompted": frozenset(reasons)}
+
+
+def read_conversation(row: db.ConversationRow, proactive_targets: bool = False) -> Conversation:
     """A stored row as the dataset rules take it (or the reason it cannot be read)."""
     try:
-        messages = normalize_messages(parse_messages(row.messages))
+        parsed = parse_messages(row.messages)
+        messages = normalize_messages(parsed)
     except BadConversation as e:
         return Conversation(row.id, ratings=row.feedback, rated=row.rated, skip_reason=e.reason)
-    return Conversation(row.id, messages, row.feedback, row.rated)
+    return Conversation(row.id, messages, row.feedback, row.rated, **_proactive_rules(parsed, messages, proactive_targets))
 
 
 def conversation_examples(conversation_id: int, stored: Any, feedback: Mapping[Any, Any], system_prompt: str,
-                          **kw: Any) -> ConversationExport:
+                          *, proactive_targets: bool = False, **kw: Any) -> ConversationExport:
     """The dataset rules on one conversation as Hanni stores it (``stored``: the parsed column)."""
     try:
         messages = normalize_messages(stored)
     except BadConversation as e:
         return ConversationExport(skip_reason=e.reason)
-    return _examples(conversation_id, messages, feedback, system_prompt, **kw)
+    return _examples(conversation_id, messages, feedback, system_prompt,
+                     **_proactive_rules(stored, messages, proactive_targets), **kw)
 
 
 class HanniSnapshot:
-    def __init__(self, conn: sqlite3.Connection, consumed: Collection[str]):
+    def __init__(self, conn: sqlite3.Connection, consumed: Collection[str], proactive_targets: bool = False):
         self.conn = conn
         self.consumed = consumed
+        self.proactive_targets = proactive_targets
 
     def counts(self, min_feedback: int) -> FeedbackCounts:
         return db.count_feedback(self.conn, min_feedback, self.consumed)
@@ -63,7 +73,13 @@ class HanniSnapshot:
 
     def conversations(self) -> Iterator[Conversation]:
         for row in db.iter_conversations(self.conn):
-            yield read_conversation(row)
+            yield read_conversation(row, self.proactive_targets)
+
+    def marked_elsewhere(self) -> list[str]:
+        return db.marked_elsewhere(self.conn, self.consumed)
+
+    def cases(self) -> Mapping[str, int]:
+        return {}  # Hanni's feedback problems are the dataset rules' own (feedback_* under skipped)
 
 
 class HanniSource:
@@ -72,6 +88,7 @@ class HanniSource:
     def __init__(self, cfg: HanniSourceConfig):
         self.cfg = cfg
         self.db_path = cfg.db_path
+        self.history_window = cfg.history_window
 
     @property
     def key(self) -> str:
@@ -89,10 +106,13 @@ class HanniSource:
     def probe_path(self) -> Path:
         return self.db_path.parent / PROBE
 
+    def system_prompt(self) -> tuple[SystemPrompt, list[str]]:
+        return load_system_prompt(self.system_prompt_path)
+
     @contextlib.contextmanager
     def snapshot(self, consumed: Collection[str] = frozenset()) -> Iterator[HanniSnapshot]:
         with db.open_snapshot(self.db_path) as conn:
-            yield HanniSnapshot(conn, consumed)
+            yield HanniSnapshot(conn, consumed, self.cfg.proactive_targets)
 
     def mark_consumed(self, seen: SeenFeedback) -> int:
         # The app reads its `exported` flag (its Flywheel screen, its own exporter): keep it true.
@@ -102,11 +122,11 @@ class HanniSource:
         return HanniCycles(self.db_path, log=log) if self.db_path.is_file() else None
 
 
-def export_db(db_path: Path, out_dir: Path, system_prompt_path: Path | None, **kw: Any) -> "ExportResult":
+def export_db(db_path: Path, out_dir: Path, system_prompt_path: Path | None, *,
+              source_settings: Mapping[str, Any] | None = None, **kw: Any) -> "ExportResult":
     """``export_dataset`` on a Hanni database file given by path (the tests and benchmarks use it)."""
-    from nightlora.dataset.system_prompt import load_system_prompt
     from nightlora.dataset.writer import export_dataset
 
-    source = HanniSource(HanniSourceConfig(db=Path(db_path).absolute()))
+    source = HanniSource(HanniSourceConfig(db=Path(db_path).absolute(), **(source_settings or {})))
     prompt, warnings = load_system_prompt(system_prompt_path)
     return export_dataset(source, out_dir, prompt, warnings=warnings, **kw)

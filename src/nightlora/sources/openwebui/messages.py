@@ -1,0 +1,157 @@
+"""One Open WebUI message (from ``chat.history.messages``) -> the OpenAI chat messages the model saw.
+
+Open WebUI rebuilds a request from the stored history (open_webui/utils/middleware.py,
+``load_messages_from_db`` and ``process_messages_with_output``): an assistant message with
+``output`` items (Responses-style) becomes its text, tool calls and tool results
+(``convert_output_to_messages``, reasoning left out); any other message is its ``content``,
+with reasoning and code-interpreter ``<details>`` blocks removed and tool-call blocks replaced
+by their result (the front end's ``processDetails``); an assistant message with neither text
+nor output is left out.  This module does the same, so a training context is what the model
+was sent.  Anything unexpected raises ``BadConversation``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from typing import Any
+
+from nightlora.dataset.messages import BadConversation, Message
+
+ROLES = ("user", "assistant", "system")
+_REMOVED_DETAILS = re.compile(r'<details\s+type="(?:reasoning|code_interpreter)"[^>]*>.*?</details>', re.I | re.S)
+_TOOL_DETAILS = re.compile(r'<details\s+type="tool_calls"([^>]*)>(.*?)</details>', re.I | re.S)
+_ATTRIBUTE = re.compile(r'(\w+)="([^"]*)"')
+_BODY = re.compile(r"<summary>.*?</summary>\s*(.*?)\s*$", re.I | re.S)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadConversation("bad_content")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadConversation("bad_text") from None
+    return value
+
+
+def process_details(content: str) -> str:
+    """The front end's processDetails: reasoning blocks out, tool-call blocks -> their result."""
+    content = _REMOVED_DETAILS.sub("", content).strip()
+
+    def result(match: re.Match[str]) -> str:
+        attributes = dict(_ATTRIBUTE.findall(match.group(1)))
+        if attributes.get("result"):
+            return html.unescape(attributes["result"])
+        body = _BODY.search(match.group(2))
+        text = body.group(1).strip() if body else ""
+        return html.unescape(text) if text else match.group(0)
+
+    return _TOOL_DETAILS.sub(result, content)
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, list):  # content parts: the text ones (get_content_from_message)
+        return "".join(_text(part.get("text", "")) for part in content if isinstance(part, dict) and part.get("type") == "text")
+    return _text(content)
+
+
+def _from_output(output: list[Any]) -> list[Message]:
+    """convert_output_to_messages for the items a chat keeps: text, completed tool calls with their results."""
+    items = [i for i in output if isinstance(i, dict)]
+    completed = {i.get("call_id") for i in items if i.get("type") == "function_call" and i.get("call_id")
+                 and i.get("status") in ("completed", "failed", "rejected")}
+    answered = {i.get("call_id") for i in items if i.get("type") == "function_call_output" and i.get("call_id")}
+    calls_with_results = completed & answered
+    out: list[Message] = []
+    text: list[str] = []
+    calls: list[dict[str, Any]] = []
+    results: list[Message] = []
+
+    def flush() -> None:
+        nonlocal text, calls
+        if text or calls:
+            msg: Message = {"role": "assistant", "content": "\n".join(text)}
+            if calls:
+                msg["tool_calls"] = calls
+            out.append(msg)
+        text, calls = [], []
+
+    def flush_results() -> None:
+        nonlocal results
+        if results:
+            flush()
+            out.extend(results)
+            results = []
+
+    for item in items:
+        kind = item.get("type", "")
+        if kind != "function_call_output":
+            flush_results()
+        if kind == "message":
+            part = "".join(_text(p.get("text", "")) for p in item.get("content") or [] if isinstance(p, dict)
+                           and p.get("type") == "output_text")
+            if part:
+                text.append(part)
+        elif kind == "function_call" and item.get("call_id") in calls_with_results:
+            args = item.get("arguments", "")
+            if not isinstance(args, (str, dict)):
+                raise BadConversation("bad_tool_calls")
+            calls.append({"id": _text(item["call_id"]), "type": "function",
+                          "function": {"name": _text(item.get("name")), "arguments": args}})
+        elif kind == "function_call_output" and item.get("call_id") in calls_with_results:
+            parts = item.get("output")
+            if isinstance(parts, str):
+                content = parts
+            else:
+                content = "".join(_text(p.get("text", "")) for p in parts or [] if isinstance(p, dict)
+                                  and p.get("type") == "input_text")
+            results.append({"role": "tool", "tool_call_id": _text(item["call_id"]), "content": content})
+        elif kind == "open_webui:code_interpreter":
+            if item.get("code"):
+                text.append(f"<code_interpreter>\n{_text(item['code'])}\n</code_interpreter>")
+            result = item.get("output")
+            result = (result.get("stdout") or result.get("result") or "") if isinstance(result, dict) else result
+            if result:
+                text.append(f"<code_interpreter_output>\n{result}\n</code_interpreter_output>")
+        # reasoning and other open_webui: items are not sent back to the model
+    flush_results()
+    flush()
+    return out
+
+
+def convert_message(msg: Any) -> list[Message]:
+    """The OpenAI messages one stored message stands for (possibly none: an empty assistant message)."""
+    if not isinstance(msg, dict):
+        raise BadConversation("bad_message")
+    role = msg.get("role")
+    if role not in ROLES:
+        raise BadConversation("bad_role")
+    output = msg.get("output")
+    if role == "assistant" and isinstance(output, list) and output:
+        converted = _from_output(output)
+        if converted:
+            return converted
+    text = process_details(_content_text(msg.get("content")))
+    if role == "assistant" and not text:
+        return []
+    return [{"role": role, "content": text}]
+
+
+def model_of(msg: dict[str, Any]) -> str | None:
+    """The model that wrote a reply: an arena reply names the real one in selectedModelId."""
+    model = msg.get("selectedModelId") or msg.get("model")
+    return model if isinstance(model, str) else None
+
+
+def parse_json(raw: Any) -> Any:
+    """A JSON column (TEXT in SQLite); None stays None."""
+    if raw is None or isinstance(raw, (dict, list)):
+        return raw
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    return json.loads(raw)

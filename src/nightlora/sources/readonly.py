@@ -1,0 +1,53 @@
+"""One read snapshot of an app's SQLite file, for every source that reads one.
+
+The app may be writing while we read: the file is opened read-only (``mode=ro`` plus
+``PRAGMA query_only``) with a busy timeout, inside one read transaction taken at once, so
+every query of a night sees the same moment.  In WAL mode the app keeps writing meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from nightlora.errors import SourceError
+
+BUSY_TIMEOUT_S = 5.0
+
+
+def check_columns(conn: sqlite3.Connection, path: Path, what: str, required: Mapping[str, set[str]]) -> None:
+    for table, needed in required.items():
+        have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+        if not have:
+            raise SourceError(f"{path} is not {what} (no {table} table)")
+        missing = sorted(needed - have)
+        if missing:
+            raise SourceError(f"{path} is not {what} ({table} lacks {', '.join(missing)})")
+
+
+@contextlib.contextmanager
+def read_snapshot(db_path: Path, what: str, required: Mapping[str, set[str]]) -> Iterator[sqlite3.Connection]:
+    """A read-only connection inside one read transaction; ``what`` names the file in errors ("a Hanni database")."""
+    path = Path(db_path)
+    if not path.is_file():
+        raise SourceError(f"{what[2:] if what.startswith('a ') else what} not found: {path}")
+    try:
+        conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                               isolation_level=None)
+    except sqlite3.Error as e:
+        raise SourceError(f"cannot open {path}: {e}") from None
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("BEGIN")
+        # A deferred transaction takes its snapshot at the first read: read now, before anything else.
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        check_columns(conn, path, what, required)
+        yield conn
+    except sqlite3.Error as e:
+        raise SourceError(f"cannot read {path}: {e}") from None
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        conn.close()
