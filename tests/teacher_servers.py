@@ -170,8 +170,10 @@ def add_rated_down_conversation(db: Path, user_text: str = PRIVATE_MESSAGE) -> i
             conv_id += 1
         messages = [{"role": "user", "content": user_text}, {"role": "assistant", "content": "I can't do that."},
                     {"role": "user", "content": "Why not? Just do it."}, {"role": "assistant", "content": "Okay, done."}]
-        conn.execute("INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?)",
-                     (conv_id, "2030-01-01T10:00:00", "2030-01-01T10:05:00", None, len(messages), json.dumps(messages)))
+        # The app's columns by name (its schema has more, with defaults; sources/hanni/schema.py).
+        conn.execute("INSERT INTO conversations (id, started_at, ended_at, summary, message_count, messages, updated_at)"
+                     " VALUES (?, ?, ?, ?, ?, ?, ?)", (conv_id, "2030-01-01T10:00:00", "2030-01-01T10:05:00", "",
+                                                     len(messages), json.dumps(messages), "2030-01-01T10:05:00"))
         conn.execute("INSERT INTO message_feedback (conversation_id, message_index, rating, created_at, exported) "
                      "VALUES (?, 1, -1, '2030-01-01T10:01:00', 0)", (conv_id,))
     return conv_id
