@@ -110,10 +110,11 @@ def test_run_trains_deploys_marks_and_records(setup) -> None:
     (row,) = cycles(db)
     assert row[0] == "completed" and row[1] == result.export.counts["train"] and row[3]
     assert row[2] == str(store.current_link)
-    # the held-out probe was asked through the live server before and after
-    assert result.probe_before.total == result.probe_after.total == 10
-    assert len(result.probe_after.items) == 10 and all(i.reply for i in result.probe_after.items)
-    assert store.current().eval_score == result.probe_after.score
+    # the held-out probe was asked of the base model and the candidate, in process, before it went live
+    scores = result.evaluation.scores
+    assert scores["base"].probe_total == scores["candidate"].probe_total == 10
+    assert len(scores["candidate"].probe_replies) == 10 and all(scores["candidate"].probe_replies)
+    assert store.current().eval_score == result.evaluation.score
 
     # nothing new since: the next night skips and changes nothing
     again = run_nightly(cfg, build_deps(cfg, progress=False))

@@ -87,7 +87,8 @@ class TrainConfig(Section):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     num_layers: int | None = Field(None, ge=1)
     max_seq_length: int = Field(2048, ge=16)
-    grad_checkpoint: bool = True
+    # auto: only when training without it would not fit in memory (it costs a third more time).
+    grad_checkpoint: bool | Literal["auto"] = "auto"
     early_stopping_patience: int = Field(3, ge=0)
     eval_every: int | None = Field(None, ge=1)
     seed: int = 0
@@ -323,7 +324,7 @@ warmup_fraction = {c.train.warmup_fraction}
 lora_rank = {c.train.lora_rank}
 lora_alpha = {c.train.lora_alpha}
 max_seq_length = {c.train.max_seq_length}
-grad_checkpoint = true
+grad_checkpoint = "auto"           # auto: only when memory is short (it costs a third more time)
 early_stopping_patience = {c.train.early_stopping_patience}
 
 [eval]

@@ -25,14 +25,17 @@ from nightlora.state.store import AdapterStore
 
 
 def _summary_text(s: dict) -> str:
-    return "\n".join([
-        f"live adapter: {s['live_adapter']} on {s['server']}",
-        f"Q: {s['question']}",
-        f"A: {s['reply']}   (expected: {s['expected']})",
-        f"held-out probe: {s['probe_before']}/{s['probe_total']} before, {s['probe_after']}/{s['probe_total']} after",
-        f"run files: {s['run_dir']}",
-        f"config: {s['config']}  (try: nightlora -c {s['config']} adapters)",
-    ])
+    lines = [f"live adapter: {s['live_adapter'] or 'none (the base model)'} on {s['server']}",
+             f"Q: {s['question']}", f"A: {s['reply']}   (expected: {s['expected']})"]
+    if s["probe_total"]:
+        lines.append(f"held-out questions about the user: base model {s['probe_base']}/{s['probe_total']}, "
+                     f"new adapter {s['probe_candidate']}/{s['probe_total']}")
+    if s["general_change"] is not None:
+        lines.append(f"general loss (the base model's own answers to other prompts): {s['general_change']:+.1%}")
+    if s["decision"]:
+        lines.append(s["decision"])
+    lines += [f"report: {s['report']}", f"config: {s['config']}  (try: nightlora -c {s['config']} status)"]
+    return "\n".join(lines)
 
 
 @click.command()
@@ -59,7 +62,7 @@ def demo(state: AppState, demo_dir: Path, stop: str, conversations: int, keep_se
     deps.target.start()
     try:
         deps.target.health().raise_for_health()
-        info("nightlora run: check, export, train, evaluate, deploy, mark, record")
+        info("nightlora run: check, export, train, evaluate, deploy, commit, record")
         result = run_nightly(cfg, deps)
         info(_result_text(result))
 
@@ -67,15 +70,20 @@ def demo(state: AppState, demo_dir: Path, stop: str, conversations: int, keep_se
         reply = ask(deps.target.base_url, item["question"],
                     system=deps.source.system_prompt()[0].text)
         live = AdapterStore.for_state_dir(cfg.source.state_path).current()
+        ev = result.evaluation
+        base, cand = (ev.scores["base"], ev.scores["candidate"]) if ev else (None, None)
         summary = {
             "status": result.status, "live_adapter": live.name if live else None,
             "server": deps.target.base_url, "question": item["question"], "reply": reply,
             "expected": item["answer"],
-            "probe_before": result.probe_before.correct if result.probe_before else None,
-            "probe_after": result.probe_after.correct if result.probe_after else None,
-            "probe_total": (result.probe_after or result.probe_before).total
-            if (result.probe_after or result.probe_before) else None,
-            "run_dir": str(result.run_dir), "config": str(config_path), "result": result.to_dict(),
+            "probe_base": base.probe_correct if base else None,
+            "probe_candidate": cand.probe_correct if cand else None,
+            "probe_total": cand.probe_total if cand else None,
+            "general_change": (cand.general_loss / base.general_loss - 1)
+            if cand and base and cand.general_loss and base.general_loss else None,
+            "decision": ev.decision.summary() if ev else None,
+            "run_dir": str(result.run_dir), "report": str(result.run_dir / "report.html") if result.run_dir else None,
+            "config": str(config_path), "result": result.to_dict(),
         }
         emit(summary, as_json, _summary_text)
     finally:

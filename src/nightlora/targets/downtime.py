@@ -149,3 +149,49 @@ def plan_downtime(
                                    lora_layers=lora_layers, grad_checkpoint=grad_checkpoint)
     memory = memory_reader() if mode == "auto" else None
     return decide_downtime(mode, served_bytes=shape.weights_bytes, training_bytes=need, memory=memory)
+
+
+def _margin(memory: MemoryInfo) -> int:
+    return max(GiB, int(0.1 * memory.total_bytes)) if memory.total_bytes else GiB
+
+
+def plan_training_memory(
+    mode: Mode,
+    model_dir: Path,
+    *,
+    batch_size: int,
+    seq_len: int,
+    lora_rank: int,
+    lora_layers: int | None = None,
+    grad_checkpoint: bool | None = None,
+    memory_reader: Callable[[], MemoryInfo | None] = read_memory,
+) -> tuple[DowntimeDecision, bool, str]:
+    """The downtime decision and whether training needs gradient checkpointing.
+
+    ``grad_checkpoint=None`` chooses: checkpointing saves memory by computing every layer's
+    forward pass twice (a third more time), so it is on only when training without it would
+    not fit in the memory available (beside the server, when the server keeps serving).
+    """
+    shape = model_shape(model_dir)
+
+    def need(gc: bool) -> int:
+        return estimate_training_bytes(shape, batch_size=batch_size, seq_len=seq_len, lora_rank=lora_rank,
+                                       lora_layers=lora_layers, grad_checkpoint=gc)
+
+    if grad_checkpoint is not None:
+        return (plan_downtime(mode, model_dir, batch_size=batch_size, seq_len=seq_len, lora_rank=lora_rank,
+                              lora_layers=lora_layers, grad_checkpoint=grad_checkpoint, memory_reader=memory_reader),
+                grad_checkpoint, "set in config")
+    memory = memory_reader()
+    for gc in (False, True):
+        decision = decide_downtime(mode, served_bytes=shape.weights_bytes, training_bytes=need(gc), memory=memory)
+        if memory is None:
+            break
+        beside = 0 if decision.stop else shape.weights_bytes
+        if need(gc) + beside + _margin(memory) <= memory.available_bytes:
+            why = (f"{'off' if not gc else 'on'}: training needs ~{_gib(need(gc))}"
+                   + ("" if not gc else f" with it, ~{_gib(need(False))} without")
+                   + f", {_gib(memory.available_bytes)} available")
+            return decision, gc, why
+    decision = decide_downtime(mode, served_bytes=shape.weights_bytes, training_bytes=need(True), memory=memory)
+    return decision, True, "on: free memory is unknown or short"

@@ -144,7 +144,8 @@ def choose_hyperparams(cfg: TrainConfig, n_train: int, n_valid: int, model_layer
         lora_dropout=cfg.lora_dropout,
         num_layers=num_layers,
         max_seq_length=cfg.max_seq_length,
-        grad_checkpoint=cfg.grad_checkpoint,
+        # "auto" is decided by the train stage from the memory available (targets/downtime.py).
+        grad_checkpoint=cfg.grad_checkpoint if isinstance(cfg.grad_checkpoint, bool) else True,
         eval_every=eval_every,
         early_stopping_patience=patience,
         seed=cfg.seed,

@@ -9,6 +9,7 @@ last night's adapter is not continued, so drift cannot accumulate.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 from nightlora.evaluate import general
@@ -19,7 +20,7 @@ from nightlora.pipeline.result import TrainResult
 from nightlora.pipeline.stage import timed
 from nightlora.platform.fsutil import atomic_write_bytes
 from nightlora.platform.notify import announce_downtime
-from nightlora.targets.downtime import plan_downtime
+from nightlora.targets.downtime import plan_training_memory
 from nightlora.train.base import TrainRequest
 from nightlora.train.hyperparams import choose_hyperparams
 from nightlora.train.splits import conversations, read_split
@@ -45,11 +46,13 @@ def run(night: Night) -> str | None:
                             num_layers(model_dir), replay_available=general.replay_available(answers))
     _write_replay(night, general.replay_examples(answers, system, hp.replay_examples))
 
-    decision = plan_downtime(
+    decision, checkpoint, why = plan_training_memory(
         target.downtime_mode or "never", model_dir, batch_size=hp.batch_size, seq_len=hp.max_seq_length,
-        lora_rank=hp.lora_rank, lora_layers=hp.num_layers, grad_checkpoint=hp.grad_checkpoint,
+        lora_rank=hp.lora_rank, lora_layers=hp.num_layers,
+        grad_checkpoint=None if cfg.train.grad_checkpoint == "auto" else cfg.train.grad_checkpoint,
         memory_reader=night.deps.read_memory,
     )
+    hp = dataclasses.replace(hp, grad_checkpoint=checkpoint, reasons={**hp.reasons, "grad_checkpoint": why})
     night.log(f"server during training: {'stopped' if decision.stop else 'kept serving'} ({decision.reason})")
     result = night.result.train = TrainResult(trainer.name, hp, decision, model_dir)
 

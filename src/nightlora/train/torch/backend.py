@@ -64,19 +64,49 @@ MAX_GRAD_NORM = 1.0  # transformers.Trainer's default; one bad batch cannot wrec
 TRAIN_LOSS_POINTS = 100  # at most this many (step, mean loss) points in the metrics record
 
 
-def target_loss_sum(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Summed cross-entropy over the target tokens (labels shifted left: position t predicts t+1)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """The transformer body and the output layer, to compute logits only where there are targets.
+
+    None under DDP (its gradient hooks run only through the wrapper's own forward) and for
+    models that do not expose both."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_decoder, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
+    body, head = (get_decoder() if get_decoder else None), (get_head() if get_head else None)
+    return (body, head) if body is not None and head is not None and body is not base else None
+
+
+def target_logits(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits of the predicting positions, their target tokens, the positions' mask).
+
+    Position t predicts token t+1 (labels shifted left).  The output layer -- a large share of
+    a small model's compute (SmolLM2: 49k x 576) -- runs only at the positions that predict a
+    target, which is the same loss as full logits masked afterwards."""
     targets = F.pad(batch.labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    where = targets != IGNORE_INDEX
+    parts = _body_and_head(model)
+    if parts is None:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return logits[where], targets[where], where
+    body, head = parts
+    hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+    return head(hidden[where]), targets[where], where
+
+
+def target_loss_sum(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy over the target tokens."""
+    logits, targets, _ = target_logits(model, batch)
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 def target_loss_per_row(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of the batch: the summed target cross-entropy and the number of target tokens."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    targets = F.pad(batch.labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    ce = F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
-    return ce.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
+    logits, targets, where = target_logits(model, batch)
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    rows = where.nonzero()[:, 0]
+    sums = torch.zeros(where.shape[0], dtype=ce.dtype, device=ce.device).index_add_(0, rows, ce)
+    return sums, where.sum(dim=1)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -266,7 +296,8 @@ class _Run:
         self.model.train()
         return train_preference(self.model, self.tokenizer, method, why, data, beta=hp.preference_beta,
                                 learning_rate=hp.preference_learning_rate, epochs=hp.preference_epochs,
-                                max_length=hp.max_seq_length, seed=hp.seed, notify=self._notify)
+                                max_length=hp.max_seq_length, seed=hp.seed, notify=self._notify,
+                                bf16=self.acc.mixed_precision == "bf16")
 
     def _report(self, step: int, **values: float | None) -> None:
         if self.progress:

@@ -109,12 +109,14 @@ class _Log:
 
 
 def train_preference(model: Any, tokenizer: Any, method: str, reason: str, data: PreferenceData, *, beta: float,
-                     learning_rate: float, epochs: float, max_length: int, seed: int,
+                     learning_rate: float, epochs: float, max_length: int, seed: int, bf16: bool = False,
                      notify: Callable[[str], None] = lambda msg: None) -> PreferenceReport:
     """Train ``model`` (a PeftModel with the SFT adapter as "default") in place with DPO or KTO."""
+    import datasets
     from datasets import Dataset
     from transformers.utils import logging as hf_logging
 
+    datasets.disable_progress_bars()  # TRL maps the dataset; our own progress lines are the ones people read
     log = _Log()
     t0 = time.perf_counter()
     hf_logging.set_verbosity_error()
@@ -123,9 +125,11 @@ def train_preference(model: Any, tokenizer: Any, method: str, reason: str, data:
         warnings.simplefilter("ignore")
         common: dict[str, Any] = dict(
             output_dir=tmp, learning_rate=learning_rate, num_train_epochs=epochs, beta=beta,
-            max_length=max_length, lr_scheduler_type="cosine", warmup_ratio=0.1, logging_steps=1,
+            max_length=max_length, lr_scheduler_type="cosine", warmup_steps=0.1, logging_steps=1,
             save_strategy="no", report_to=[], seed=seed, disable_tqdm=True, use_cpu=not _on_gpu(model),
             gradient_checkpointing=False, remove_unused_columns=False,
+            # The same precision as the SFT stage: accelerate keeps one state per process.
+            bf16=bf16, fp16=False,
         )
         if method == "dpo":
             from trl import DPOConfig, DPOTrainer
