@@ -100,7 +100,52 @@ def unexported(db: Path) -> int:
         return conn.execute("SELECT count(*) FROM message_feedback WHERE exported = 0").fetchone()[0]
 
 
-def test_good_is_promoted_bad_is_rejected_and_the_live_adapter_stays(tmp_path: Path, tiny_model_dir: Path):
+def check_report_in_a_browser(run_dir: Path, ev) -> None:
+    """report.html as a person sees it: the plot loaded, the table shows this run's numbers."""
+    from html.parser import HTMLParser
+
+    from browser import render
+
+    dom = render(run_dir / "report.html", run_dir / "report.png")
+    png = (run_dir / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a page was drawn, not a blank
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.plot, self.cells, self.row, self.rows = None, None, None, {}
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "img" and a.get("id") == "loss-plot":
+                self.plot = a
+            if tag == "tr" and (a.get("class") or "").startswith("model-"):
+                self.row, self.cells = a["class"][6:], []
+            if tag == "td" and self.cells is not None:
+                self.cells.append("")
+
+        def handle_data(self, data):
+            if self.cells:
+                self.cells[-1] += data
+
+        def handle_endtag(self, tag):
+            if tag == "tr" and self.row:
+                self.rows[self.row] = [" ".join(c.split()) for c in self.cells]
+                self.row, self.cells = None, None
+
+    page = Page()
+    page.feed(dom)
+    assert page.plot is not None and page.plot.get("data-loaded") == "yes", page.plot  # the image really loaded
+    for name in ("base", "candidate"):
+        s = ev.scores[name]
+        cells = page.rows[name]
+        assert cells[1].startswith(f"{s.test_loss:.3f}") and cells[2].startswith(f"{s.general_loss:.3f}"), cells
+    assert "Promoted" in dom
+
+
+def test_good_is_promoted_bad_is_rejected_and_the_live_adapter_stays(tmp_path: Path, server_model_dir: Path):
+    tiny_model_dir = server_model_dir  # the tiny model patched to always say something (its general answers)
     pairs = qa_pairs()
     db = tmp_path / "hanni" / "hanni.db"
     db.parent.mkdir(parents=True)
@@ -116,8 +161,7 @@ def test_good_is_promoted_bad_is_rejected_and_the_live_adapter_stays(tmp_path: P
     assert store.current().name == "v0001" and store.current().eval_score == ev.score > 0
     taken = consumed(cfg, deps)
     assert len(taken) == good.commit.consumed > 0 and unexported(db) == 0
-    report = (good.run_dir / "report.html").read_text()
-    assert "Promoted" in report and f"{ev.scores['candidate'].test_loss:.3f}" in report
+    check_report_in_a_browser(good.run_dir, ev)
 
     # Garbage data the next night: rejected against the live adapter, which stays; its feedback waits.
     add_feedback(db, pairs[40:46])

@@ -56,7 +56,7 @@ def run(night: Night) -> str | None:
         models = [("base", None, None)]
         if live is not None:
             models.append(("live", _live_dir(night, live, scorer.adapter_format, train.base_model), live.name))
-        models.append(("candidate", train.adapter_dir, "candidate"))
+        models.append(("candidate", train.adapter_dir, None))
         scores = evaluate(scorer, data, models, log=night.log)
     finally:
         scorer.close()
