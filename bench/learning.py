@@ -47,13 +47,20 @@ def build(persona: str, db: Path, conversations: int) -> None:
         nadia.build(db, conversations=conversations)
 
 
-def one(persona: str, conversations: int, root: Path) -> dict:
+def one(persona: str, conversations: int, root: Path, overrides: list[str]) -> dict:
     data = root / persona / "data"
     db = data / "hanni.db"
     build(persona, db, conversations)
     cfg_path = root / persona / "nightlora.toml"
+    extra: dict[str, list[str]] = {"train": [], "eval": []}
+    for o in overrides:  # section.key=value (a TOML value), for sweeps; the goal is judged without any
+        key, _, value = o.partition("=")
+        section, _, name = key.partition(".")
+        extra.setdefault(section, []).append(f"{name} = {value}")
     cfg_path.write_text(f"[source]\ndata_dir = {toml_str(data)}\n[train]\nmodel = \"smollm2-135m\"\n"
-                        f"models_dir = {toml_str(MODELS)}\n[target]\nkind = \"none\"\n")
+                        f"models_dir = {toml_str(MODELS)}\n" + "".join(line + "\n" for line in extra.pop("train"))
+                        + "[target]\nkind = \"none\"\n"
+                        + "".join(f"[{s}]\n" + "".join(line + "\n" for line in lines) for s, lines in extra.items() if lines))
     cfg = load_config(cfg_path, environ={})
     deps = build_deps(cfg, progress=False)
     t0 = time.perf_counter()
@@ -81,6 +88,8 @@ def main() -> int:
     ap.add_argument("--conversations", type=int, default=None, help="default: the demo's 30, nadia 60")
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a config value (TOML), for sweeps; the goal is judged with the defaults, without --set")
     args = ap.parse_args()
     prepare_model("smollm2-135m", MODELS)
     root = args.dir or Path(tempfile.mkdtemp(prefix="nightlora-learning-"))
@@ -88,7 +97,7 @@ def main() -> int:
     results = []
     for p in personas:
         n = args.conversations or (30 if p == "demo" else 60)
-        res = one(p, n, root)
+        res = one(p, n, root, args.overrides)
         results.append(res)
         pref = "n/a" if res["pref_candidate"] is None else f"{res['pref_base']:.2f} -> {res['pref_candidate']:.2f} of {res['pref_pairs']}"
         print(f"{p}: {res['status']} in {res['seconds']:.0f} s; probe {res['probe_base']}/{res['probe_total']} -> "
@@ -99,6 +108,8 @@ def main() -> int:
         print(f"  stages: {json.dumps(res['stages_s'])}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.overrides:
+        print("settings: " + " ".join(args.overrides) + " (not the defaults)")
     print("learning: " + "; ".join(
         f"{r['persona']} probe {r['probe_base']}->{r['probe_candidate']}/{r['probe_total']} "
         f"general {100 * r['general_change']:+.1f}% pref {r['pref_candidate'] if r['pref_candidate'] is None else round(r['pref_candidate'], 2)} "

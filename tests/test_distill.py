@@ -304,6 +304,9 @@ base_url = "{mlx_teacher}/v1"
 model = "default_model"
 reply_max_tokens = 8
 count = 12
+[eval]
+# 4 steps on a tiny random model teach it nothing the gate could see; this test is about distillation.
+gate = false
 """)
     cfg = load_config(cfg_path, environ={})
     log = cfg.source.state_path / "teacher" / "requests.jsonl"

@@ -31,6 +31,14 @@ def write_config(tmp: Path, model: Path, probe: bool = False, **train: object) -
     build_demo_db(data_dir / "hanni.db", conversations=24)
     if not probe:  # ten chat completions before and after training: only where a test looks at them
         (data_dir / "probe.jsonl").unlink()
+    if probe:  # judged by the gate as every night is: trained enough to beat the base model
+        train = {"iters": 40, "learning_rate": 1e-2, **train}
+        gate = ("# a tiny random model: its general loss moves a lot whatever it learns (see test_gate_night.py)\n"
+                "max_general_increase = 1.0")
+    else:
+        gate = ("# These tests are about stopping, deploying, recovering; 4 steps on a tiny random model teach\n"
+                "# nothing the gate could see (tests/test_gate_night.py runs the gate in real nights).\n"
+                "gate = false")
     train_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {
         "model": str(model), "backend": "torch", "iters": 4, "batch_size": 4, "max_seq_length": 384, **train,
     }.items())
@@ -40,6 +48,8 @@ def write_config(tmp: Path, model: Path, probe: bool = False, **train: object) -
 data_dir = "{data_dir}"
 [train]
 {train_lines}
+[eval]
+{gate}
 [target]
 manager = "process"
 port = {free_port()}

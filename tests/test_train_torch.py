@@ -246,3 +246,40 @@ def test_two_process_accelerate_job_matches_one_process(tiny_model_dir: Path, pe
         assert s1 == s2 and l1 == pytest.approx(l2, rel=1e-3)
     assert printed["valid_loss"][-1][1] == pytest.approx(single.valid_loss[-1][1], rel=1e-3)
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_replay_kl_is_zero_at_the_base_and_the_exact_kl_once_the_adapter_moves(
+        tiny_model_dir: Path, persona_dir: Path, tokenizer, tmp_path: Path):
+    """KL-on-replay: user rows keep their cross-entropy, replay rows add KL(base || adapter) over their
+    answer tokens, position by position, in a batch that mixes both."""
+    import shutil
+
+    import torch.nn.functional as F
+
+    from nightlora.train.torch.backend import _Run, target_logits
+
+    data = tmp_path / "data"
+    shutil.copytree(persona_dir, data)
+    replay = [{**chat, "meta": {"source": "replay"}} for chat in other_language_chats()[:3]]
+    (data / "replay.jsonl").write_text("".join(json.dumps(r) + "\n" for r in replay))
+    hp = replace(TINY, replay_loss="kl", replay_examples=3)
+    run = _Run(TrainRequest(data, tiny_model_dir, tmp_path / "out", hp), None, started=0.0)
+    items = [e for e in run.train_set if e.replay][:2] + [e for e in run.train_set if not e.replay][:2]
+    assert [e.replay for e in items] == [True, True, False, False]
+    user_only = run._batch(items[2:])
+    batch = run._batch(items)
+
+    with torch.no_grad():
+        # A fresh LoRA (B = 0) is the base model: the replay term is zero, the user term is plain CE.
+        assert float(run._loss_with_replay_kl(items, batch)) == pytest.approx(float(target_loss_sum(run.model, user_only)), rel=1e-5)
+        for name, p in run.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+        replay_batch = run._batch(items[:2])
+        logits, _, _ = target_logits(run.model, replay_batch)
+        with run.model.disable_adapter():
+            base, _, _ = target_logits(run.model, replay_batch)
+        p_base = F.softmax(base, -1)
+        expected_kl = float((p_base * (F.log_softmax(base, -1) - F.log_softmax(logits, -1))).sum())
+        got = float(run._loss_with_replay_kl(items, batch)) - float(target_loss_sum(run.model, user_only))
+    assert expected_kl > 1e-3 and got == pytest.approx(expected_kl, rel=1e-4)

@@ -97,6 +97,9 @@ class TrainConfig(Section):
     # Self-replay: the base model's own answers to general prompts mixed in, per user conversation
     # (0 = none; None = chosen from the data, see nightlora.train.hyperparams).
     replay_share: float | None = Field(None, ge=0)
+    # kl: replay answers are learned toward the base model's whole next-token distribution (a tighter
+    # anchor than its greedy tokens; torch backend); ce: like any other example.
+    replay_loss: Literal["kl", "ce"] = "kl"
     # Learning from thumbs-down after SFT (torch): auto (DPO on pairs, else KTO), dpo, kto or off.
     preference: Literal["auto", "dpo", "kto", "off"] = "auto"
     preference_beta: float = Field(0.1, gt=0)

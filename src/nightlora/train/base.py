@@ -41,6 +41,9 @@ class HyperParams:
     merge_turns: bool = True
     # Self-replay examples written beside train.jsonl (the base model's answers to general prompts).
     replay_examples: int = 0
+    # How replay examples are learned: "kl" toward the base model's whole next-token distribution
+    # (KL(base || adapter) at each answer token), "ce" toward its greedy tokens like any example.
+    replay_loss: str = "ce"
     # Learning from thumbs-down after SFT: "dpo", "kto", "auto" (DPO where pairs exist, else KTO) or "off".
     preference: str = "off"
     preference_beta: float = 0.1

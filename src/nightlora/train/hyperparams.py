@@ -118,7 +118,7 @@ def choose_hyperparams(cfg: TrainConfig, n_train: int, n_valid: int, model_layer
         )
 
     for name in ("lora_rank", "lora_alpha", "lora_dropout", "max_seq_length", "grad_checkpoint", "seed",
-                 "merge_turns", "preference", "preference_beta", "preference_epochs"):
+                 "merge_turns", "replay_loss", "preference", "preference_beta", "preference_epochs"):
         why[name] = "config"
 
     share = cfg.replay_share if cfg.replay_share is not None else DEFAULT_REPLAY_SHARE
@@ -152,6 +152,7 @@ def choose_hyperparams(cfg: TrainConfig, n_train: int, n_valid: int, model_layer
         reasons=why,
         merge_turns=cfg.merge_turns,
         replay_examples=replay_examples,
+        replay_loss=cfg.replay_loss,
         preference=cfg.preference,
         preference_beta=cfg.preference_beta,
         preference_learning_rate=preference_lr,

@@ -28,6 +28,9 @@ MEGABATCH_BATCHES = 50
 class Encoded:
     tokens: list[int]
     spans: tuple[tuple[int, int], ...]  # target token ranges [start, end): tokens[start:end] are learned
+    # A self-replay example (the base model's own answer to a general prompt): its targets may be
+    # learned toward the base model's whole next-token distribution rather than its greedy tokens.
+    replay: bool = False
 
     @property
     def offset(self) -> int:
@@ -40,7 +43,7 @@ class Encoded:
 
     def truncated(self, max_len: int) -> "Encoded":
         spans = tuple((s, min(e, max_len)) for s, e in self.spans if s < max_len)
-        return Encoded(self.tokens[:max_len], spans)
+        return Encoded(self.tokens[:max_len], spans, self.replay)
 
 
 
@@ -58,6 +61,7 @@ def encode_all(encoded: Sequence[Encoded], examples: Sequence[dict], max_seq_len
                merge: bool = True) -> EncodedSplit:
     """``encoded[i]`` is ``examples[i]`` tokenized: merge each conversation's where that is exact, truncate
     like mlx_lm (keep the first max_seq_length tokens); targets cut off entirely are dropped."""
+    encoded = [Encoded(e.tokens, e.spans, True) if is_replay(ex) else e for e, ex in zip(encoded, examples)]
     sequences, merged, fallback = (merge_prefix_chains(examples, encoded) if merge
                                    else ([(e, 1) for e in encoded], 0, 0))
     out, dropped = [], 0
@@ -68,6 +72,10 @@ def encode_all(encoded: Sequence[Encoded], examples: Sequence[dict], max_seq_len
         if kept:
             out.append(cut)
     return EncodedSplit(out, len(examples), dropped, merged, fallback)
+
+
+def is_replay(example: dict) -> bool:
+    return (example.get("meta") or {}).get("source") == "replay"
 
 
 def _group_key(example: dict) -> Any:
@@ -109,7 +117,7 @@ def merge_prefix_chains(examples: Sequence[dict], encoded: Sequence[Encoded]) ->
         for chain in chains:
             head = encoded[chain[-1]]
             spans = tuple(sorted({s for i in chain for s in encoded[i].spans}))
-            out.append((Encoded(head.tokens, spans), len(chain)))
+            out.append((Encoded(head.tokens, spans, head.replay), len(chain)))
             merged += len(chain) - 1
     return out, merged, fallback
 

@@ -194,11 +194,15 @@ class _Run:
 
     def train_step(self, indices: list[int]) -> tuple[float, int]:
         """One optimizer step on a global batch; returns its mean target loss and its token count."""
-        batch = self._batch([self.train_set[i] for i in indices[self.rank::self.world]])
+        items = [self.train_set[i] for i in indices[self.rank::self.world]]
+        batch = self._batch(items)
         (n_targets,) = self._all_sum(batch.n_targets)
         self.ddp_model.train()
         with self.acc.autocast():
-            loss_sum = target_loss_sum(self.ddp_model, batch)
+            if self.hp.replay_loss == "kl" and any(e.replay for e in items):
+                loss_sum = self._loss_with_replay_kl(items, batch)
+            else:
+                loss_sum = target_loss_sum(self.ddp_model, batch)
         # DDP averages gradients over processes, hence x world: the update is that of the global token mean.
         self.acc.backward(loss_sum * self.world / n_targets)
         self.acc.clip_grad_norm_(self.params, MAX_GRAD_NORM)
@@ -207,6 +211,25 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss_total, n_tokens = self._all_sum(float(loss_sum.detach()), batch.n_tokens)
         return loss_total / n_targets, int(n_tokens)
+
+    def _loss_with_replay_kl(self, items: Sequence[Encoded], batch: Batch) -> torch.Tensor:
+        """Cross-entropy on the user's targets plus, on replay answers, KL(base || adapter) summed
+        over their tokens: the adapter is pulled toward the base model's whole next-token
+        distribution there, not only its greedy token, so what it does not need to change for the
+        user stays as the base model had it.  Normalized with the CE tokens (one term per token)."""
+        logits, targets, where = target_logits(self.ddp_model, batch)
+        rows = where.nonzero()[:, 0]
+        replay_rows = torch.tensor([e.replay for e in items], device=rows.device)
+        at_replay = replay_rows[rows]
+        replay_batch = self._batch([e for e in items if e.replay])
+        with torch.no_grad(), self.model.disable_adapter():
+            # Row order and right padding keep the replay rows' target positions in the same order.
+            base_logits, _, _ = target_logits(self.model, replay_batch)
+        logp = F.log_softmax(logits[at_replay].float(), dim=-1)
+        base_logp = F.log_softmax(base_logits.float(), dim=-1)
+        kl = F.kl_div(logp, base_logp, log_target=True, reduction="sum")
+        ce = F.cross_entropy(logits[~at_replay].float(), targets[~at_replay], reduction="sum")
+        return ce + kl
 
     def run(self) -> TrainMetrics:
         hp = self.hp
