@@ -12,14 +12,15 @@ from nightlora.errors import TrainError
 from nightlora.train.hyperparams import choose_hyperparams, format_hyperparams
 
 
-def test_small_night_gets_three_epochs_with_a_batch_that_leaves_enough_steps():
+def test_small_night_gets_four_epochs_with_a_batch_that_leaves_enough_steps():
     hp = choose_hyperparams(TrainConfig(), n_train=40, n_valid=5, model_layers=30)
     assert hp.batch_size == 2  # 40 // 16 = 2 -> 20 steps per epoch
-    assert hp.iters == 60  # 3 epochs x 40 / 2
-    assert hp.warmup_steps == 6
-    assert hp.learning_rate == pytest.approx(1e-4 * math.sqrt(2))
-    assert hp.num_layers == 16
-    assert hp.eval_every == 6
+    assert hp.iters == 80  # 4 epochs x 40 / 2
+    assert hp.warmup_steps == 8
+    assert hp.learning_rate == pytest.approx(3.5e-4 * math.sqrt(2))
+    assert hp.num_layers == 30  # all of them
+    assert (hp.lora_rank, hp.lora_alpha, hp.replay_loss) == (16, 32.0, "kl")
+    assert hp.eval_every == 8
     assert hp.early_stopping_patience == 3
 
 
@@ -81,7 +82,16 @@ def test_every_value_has_a_reason():
     assert set(hp.reasons) == fields
     text = format_hyperparams(hp)
     assert len(text.splitlines()) == len(fields)
-    assert "3 epochs (default) x 40 conversations / batch 2 = 60" in text
+    assert "4 epochs (default) x (40 conversations) / batch 2 = 80" in text
+
+
+def test_replay_counts_in_the_epochs_so_the_user_data_keeps_them():
+    hp = choose_hyperparams(TrainConfig(epochs=4, replay_share=1.0), n_train=20, n_valid=5, model_layers=30,
+                            replay_available=12)
+    assert hp.replay_examples == 12  # 1.0 x 20, capped at the 12 there are
+    assert hp.batch_size == 2 and hp.iters == 4 * (20 + 12) // 2
+    assert "capped at the 12 available" in hp.reasons["replay_examples"]
+    assert "4 epochs (config) x (20 conversations + 12 replay) / batch 2 = 64" == hp.reasons["iters"]
 
 
 @pytest.mark.parametrize(("n_train", "layers", "cfg", "message"), [
