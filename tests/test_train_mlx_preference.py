@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
 from mlx_lm import load
 
@@ -97,3 +98,34 @@ def test_the_choice_follows_the_torch_backend_except_kto(tmp_path: Path):
         p["chosen"] = None
     assert choose_mlx_method("kto", preference_data(train, prefs))[0] is None
     assert choose_mlx_method("dpo", preference_data(train, prefs))[0] is None
+
+
+def test_the_reference_shares_the_sft_models_arrays_and_stays_put_when_the_policy_moves(tiny_model_dir: Path):
+    from mlx.utils import tree_flatten, tree_map
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from nightlora.train.mlx.backend import lora_parameters
+    from nightlora.train.mlx.preference import reference_model
+
+    def skeleton():
+        m, _ = load(str(tiny_model_dir), lazy=True)
+        m.freeze()
+        linear_to_lora_layers(m, HP.num_layers, lora_parameters(HP))
+        return m
+
+    policy = skeleton()
+    mx.eval(policy.parameters())
+    x = mx.array([[1, 2, 3, 4]])
+    before = policy(x)
+    active = mx.get_active_memory()
+    ref = reference_model(policy, skeleton)
+    mx.eval(ref(x))
+    ours, theirs = dict(tree_flatten(policy.parameters())), dict(tree_flatten(ref.parameters()))
+    assert ours.keys() == theirs.keys() and all(ours[k] is theirs[k] for k in ours)  # no weight copied
+    weights = sum(v.nbytes for v in ours.values())
+    assert mx.get_active_memory() - active < weights / 2, (mx.get_active_memory() - active, weights)
+    assert tree_flatten(ref.trainable_parameters()) == [] and not ref.training
+    # The policy's next step makes new arrays; the reference still computes the SFT model's outputs.
+    policy.update(tree_map(lambda v: v + 0.5, policy.trainable_parameters()))
+    assert not mx.allclose(policy(x), before)
+    assert mx.allclose(ref(x), before)

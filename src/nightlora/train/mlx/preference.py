@@ -50,12 +50,13 @@ def choose_mlx_method(wanted: str, data: PreferenceData) -> tuple[str | None, st
 class EncodedPair:
     chosen: list[int]
     rejected: list[int]
-    prompt_length: int  # the same prompt on both sides
+    chosen_offset: int    # where the reply starts (the prompt's tokens are not scored)
+    rejected_offset: int  # the same prompt, but a template may render it differently before another reply
 
     def as_item(self) -> dict:
         """The item mlx-lm-lora's ``iterate_dpo_batches`` reads."""
         return {"chosen": self.chosen, "rejected": self.rejected,
-                "chosen_prompt_length": self.prompt_length, "rejected_prompt_length": self.prompt_length}
+                "chosen_prompt_length": self.chosen_offset, "rejected_prompt_length": self.rejected_offset}
 
 
 def encode_pairs(tokenizer, pairs: list[dict], max_seq_length: int) -> tuple[list[EncodedPair], int]:
@@ -69,10 +70,10 @@ def encode_pairs(tokenizer, pairs: list[dict], max_seq_length: int) -> tuple[lis
         except Exception as e:  # a template that cannot render this pair: name it, not the traceback
             raise TrainError(f"preferences.jsonl pair {i}: the chat template cannot render it "
                              f"({type(e).__name__}: {e})") from None
-        if c_off != r_off or max(c_off, r_off) >= max_seq_length - 1:
+        if max(c_off, r_off) >= max_seq_length - 1:
             dropped += 1
             continue
-        out.append(EncodedPair(list(chosen), list(rejected), c_off))
+        out.append(EncodedPair(list(chosen), list(rejected), c_off, r_off))
     return out, dropped
 
 
