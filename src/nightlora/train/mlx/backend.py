@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -60,6 +60,9 @@ from nightlora.train.base import (
 from nightlora.train.early_stopping import EarlyStopping
 from nightlora.train.mlx.data import Encoded, TokenCounter, encode_split, iterate_batches, target_loss
 from nightlora.train.splits import read_preferences, read_splits
+
+if TYPE_CHECKING:
+    from nightlora.train.mlx.preference import MlxPreferenceReport
 
 ADAPTER_WEIGHTS = AdapterFiles.MLX_WEIGHTS
 ADAPTER_CONFIG = AdapterFiles.MLX_CONFIG
@@ -237,7 +240,7 @@ def _load_init_adapter(model: nn.Module, path: Path, base_model: Path, hp: Hyper
 
 
 def _preference_stage(model: nn.Module, tokenizer, train_chats: list[dict], request: TrainRequest,
-                      notify) -> object | None:
+                      notify: Callable[[str], None]) -> MlxPreferenceReport | None:
     """DPO on the SFT adapter (train/mlx/preference.py); None when none runs."""
     hp = request.hyperparams
     if hp.preference == "off":
