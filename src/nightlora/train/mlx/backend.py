@@ -14,7 +14,7 @@ as a subprocess, because:
 
 What differs from the CLI on purpose: validation is ours (before the first step, after
 every ``eval_every`` steps and after the last one, on the whole valid split) and the
-adapter keeps the best-validated weights; the learning rate warms up and decays on a
+adapter keeps the best-validated weights, then DPO on thumbs-down pairs may follow (mlx/preference.py); the learning rate warms up and decays on a
 cosine; the loss mask ends at the last real token and batches are grouped by length
 (see mlx_data). The optimizer is the CLI's (Adam, no gradient clipping). The adapter folder is what ``mlx_lm lora`` writes
 (``adapters.safetensors`` + its ``adapter_config.json``), plus ``nightlora.json``.
@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -59,7 +59,10 @@ from nightlora.train.base import (
 )
 from nightlora.train.early_stopping import EarlyStopping
 from nightlora.train.mlx.data import Encoded, TokenCounter, encode_split, iterate_batches, target_loss
-from nightlora.train.splits import read_splits
+from nightlora.train.splits import read_preferences, read_splits
+
+if TYPE_CHECKING:
+    from nightlora.train.mlx.preference import MlxPreferenceReport
 
 ADAPTER_WEIGHTS = AdapterFiles.MLX_WEIGHTS
 ADAPTER_CONFIG = AdapterFiles.MLX_CONFIG
@@ -236,6 +239,34 @@ def _load_init_adapter(model: nn.Module, path: Path, base_model: Path, hp: Hyper
     model.load_weights(list(weights.items()), strict=False)
 
 
+def _preference_stage(model: nn.Module, tokenizer, train_chats: list[dict], request: TrainRequest,
+                      notify: Callable[[str], None]) -> MlxPreferenceReport | None:
+    """DPO on the SFT adapter (train/mlx/preference.py); None when none runs."""
+    hp = request.hyperparams
+    if hp.preference == "off":
+        return None
+    from nightlora.train.mlx.preference import choose_mlx_method, reference_model, train_dpo_stage
+    from nightlora.train.torch.preference import preference_data
+
+    user_train = [e for e in train_chats if (e.get("meta") or {}).get("source") != "replay"]
+    data = preference_data(user_train, read_preferences(request.dataset_dir))
+    method, why = choose_mlx_method(hp.preference, data)
+    if method is None:
+        notify(why)
+        return None
+
+    def skeleton() -> nn.Module:
+        # The same structure as the policy; its lazily loaded base weights are replaced unread.
+        ref, _ = load(str(request.base_model), lazy=True)
+        ref.freeze()
+        linear_to_lora_layers(ref, hp.num_layers, lora_parameters(hp))
+        return ref
+
+    ref = reference_model(model, skeleton)
+    with _restore_call(model.layers[0]):
+        return train_dpo_stage(model, ref, tokenizer, data, why, hp, notify)
+
+
 class MlxTrainer:
     """base.Trainer on mlx_lm."""
 
@@ -318,6 +349,7 @@ class MlxTrainer:
             if validation.best_is_earlier:
                 model.load_weights(list(validation.best_weights.items()), strict=False)
                 monitor.notify(f"kept the weights of step {validation.best_step} (validation loss {validation.best_loss:.4f})")
+            preference = _preference_stage(model, tokenizer, splits["train"], request, monitor.notify)
             mx.save_safetensors(str(out / ADAPTER_WEIGHTS), dict(tree_flatten(model.trainable_parameters())))
 
             test_loss = None
@@ -347,6 +379,7 @@ class MlxTrainer:
                 manifest_sha256=manifest_sha256(request.dataset_dir),
                 base_model=str(request.base_model),
                 sequences=sequences,
+                preference=preference.to_dict() if preference else None,
             )
             write_adapter_meta(out, request, metrics)
         return metrics
