@@ -19,6 +19,7 @@ cosine decay, no warm-up, no gradient checkpointing (135M fits with room to spar
 
   torch         nightlora's TorchTrainer: each conversation's examples merged into one sequence,
                 length-grouped batches of --batch sequences, logits only at target positions
+  torch-bN      the same at batch N (nightlora's own choice for the demo's 62 conversations is 2)
   torch-packed  the same sequences and batches, but each batch packed into ONE row with position
                 ids restarting per sequence and no attention mask: transformers then builds a
                 block-diagonal causal mask for SDPA (masking_utils.find_packed_sequence_indices),
@@ -311,9 +312,13 @@ def main_parent(args: argparse.Namespace) -> None:
     for s, c, _ in plan:
         results.setdefault(s, {})[c] = []
     state = work / "results.json"
+    if args.resume and state.is_file():  # keep the runs an interrupted bench saved in this work dir
+        for s, d in json.loads(state.read_text())["results"].items():
+            for c, rs in d.items():
+                results.setdefault(s, {}).setdefault(c, [])[:0] = rs
     save = lambda: state.write_text(json.dumps({"stats": stats, "results": results, "sets": {k: str(v) for k, v in sets.items()},  # noqa: E731
                                                 "args": {"batch": args.batch, "lr": args.lr}}))
-    if not args.no_profile:
+    if not args.no_profile and not (args.resume and (work / "profile.json").is_file()):
         run_profile(sets["demo"], args, work, env)
     rounds = max(r for _, _, r in plan)
     for rnd in range(rounds):
@@ -321,6 +326,8 @@ def main_parent(args: argparse.Namespace) -> None:
             todo = [c for ss, c, reps in plan if ss == s and reps > rnd]
             k = rnd % len(todo) if todo else 0
             for c in todo[k:] + todo[:k]:  # rotated each round
+                if len(results[s][c]) > rnd:  # saved by an earlier, interrupted bench (--resume)
+                    continue
                 load = os.getloadavg()[0]
                 r = run_contender(c, sets[s], args, work, env, stats[s])
                 r["load"] = load
@@ -424,6 +431,8 @@ def run_trainer(name: str, args: argparse.Namespace) -> dict:
 
         if name == "torch-packed":
             backend.collate, backend.target_logits = packed_collate, packed_target_logits
+        else:
+            backend.collate = counting_collate
     m = Trainer().train(TrainRequest(args.data, args.model, args.adapter, _hp(iters, args.batch, args.lr)))
     tokens = m.trained_tokens
     slots = _SLOTS[0] if name != "mlx" and _SLOTS[0] else tokens
@@ -431,6 +440,18 @@ def run_trainer(name: str, args: argparse.Namespace) -> dict:
 
 
 _SLOTS = [0]  # positions computed by training batches (tokens + padding), counted by the collates
+
+
+def counting_collate(items, pad_id):
+    """nightlora's own collate, counting the positions a training batch computes (padding included)."""
+    import torch
+
+    from nightlora.train.torch.data import collate
+
+    batch = collate(items, pad_id)
+    if torch.is_grad_enabled():  # training, not validation
+        _SLOTS[0] += batch.input_ids.numel()
+    return batch
 
 
 def packed_collate(items, pad_id):
@@ -707,6 +728,9 @@ def main_child(args: argparse.Namespace) -> None:
         result = peft_run(args, int(args.run.removeprefix("peft-b")))
     elif args.run.startswith("trl"):
         result = trl_run(args, packing=args.run == "trl-packed")
+    elif re.fullmatch(r"torch-b\d+", args.run):  # nightlora torch at another batch size
+        args.batch = int(args.run.removeprefix("torch-b"))
+        result = run_trainer("torch", args)
     else:
         if args.run == "torch-packed":
             diff = check_packed(args.model, args.data)
@@ -736,6 +760,7 @@ def main() -> None:
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every contender (default: unset)")
     p.add_argument("--work", help="folder for the data, adapters and logs (default: a new temp folder)")
+    p.add_argument("--resume", action="store_true", help="keep the runs already saved in --work's results.json")
     p.add_argument("--report", help="print the tables from a work folder's saved results (runs nothing)")
     # A child process: one contender, one evaluation or the profile.
     p.add_argument("--run", help=argparse.SUPPRESS)
