@@ -54,6 +54,14 @@ Then: where nightlora torch's time goes (torch.profiler over --profile-steps ste
 operator-level time, which is what a compute-bound CPU loop is made of -- a Python sampling profiler
 such as pyinstrument would attribute all of it to the few Python frames that call into ATen), and how
 far its epoch is from this machine's limit: the FLOPs the epoch needs over a measured fp32 matmul rate.
+Run it with ``--threads 1`` on cores that other work shares: with two threads on two busy cores a
+forward+backward took 2-2.7x longer than with one (torch's OpenMP threads wait on each other).
+
+Packing (item 2 of issue 9), measured here: on the demo export at batch 4, length-grouped batches
+compute only 4.5 % padding (16,688 positions for 15,963 tokens), while one packed row per batch
+makes SDPA's score area 3.6x larger (its CPU kernels compute the whole square under a dense
+block-diagonal mask): torch-packed took 200.7 s against torch's 156.7 s (1.28x slower, identical
+validation loss), so nightlora keeps length grouping (train/torch/data.py says why).
 Last line: ``train speed: nightlora torch X.XXx plain PEFT, Y.YYx TRL best; mlx Z.ZZx mlx_lm`` (ratios of
 epoch time, higher is faster; plain PEFT = the fastest peft-bN, TRL best = the faster TRL) on the last set.
 """
