@@ -119,11 +119,15 @@ def test_switch_under_load_fails_no_request_and_serves_the_new_adapter(env: Env)
     for t in threads:
         t.start()
     try:
-        time.sleep(2.0)
+        start_deadline = time.monotonic() + 60
+        while len(load.results) < 4 and time.monotonic() < start_deadline:
+            time.sleep(0.1)
         t_switch = time.monotonic()
         result = deploy(env.store, env.target, env.versions["b"])
         t_done = time.monotonic()
-        time.sleep(2.0)
+        deadline = t_done + 60
+        while sum(1 for r in list(load.results) if r[0] > t_done) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         load.stop.set()
         for t in threads:

@@ -270,6 +270,10 @@ class VllmTarget:
         """The stable name answers through the proxy, from the version the store calls current."""
         t0 = self.clock()
         expected = lora_name(self.stable, self._serving) if self._serving else None
+        try:
+            self._wait_ready(self.health_timeout if timeout is None else timeout)
+        except ServerError as e:
+            return self._failed(str(e), t0)
         route = self.route()
         if route is None:
             return self._failed(f"no route file at {self.route_path}: nothing has been switched live yet", t0)
@@ -326,7 +330,11 @@ class VllmTarget:
             log("starting " + ("vLLM and " if self.server is not None and not self.server.is_running() else "")
                 + "the model-name proxy")
             self.start()
-        deadline = self.clock() + self.health_timeout
+        self._wait_ready(self.health_timeout)
+
+    def _wait_ready(self, timeout: float) -> str:
+        """Wait until vLLM lists its models; write the first route (the base model) if there is none."""
+        deadline = self.clock() + timeout
         api = self._api()
         try:
             while True:
@@ -335,15 +343,16 @@ class VllmTarget:
                     break
                 except ServerError as e:
                     if self.server is not None and not self.server.is_running():
-                        raise ServerError(f"vLLM exited while starting: {self.last_error() or e}") from None
+                        raise ServerError(f"vLLM is not running: {self.last_error() or e}") from None
                     if self.clock() >= deadline:
-                        raise ServerError(f"vLLM not ready after {self.health_timeout:g} s: {e}") from None
+                        raise ServerError(f"vLLM not ready after {timeout:g} s: {e}") from None
                     self.sleep(0.5)
         finally:
             api.close()
-        if self.route() is None:
+        if self.route() is None and self._serving is None:
             # The first start: the stable name means the base model until a version is switched live.
             write_route(self.route_path, Route(self.stable, base, None))
+        return base
 
     def last_error(self) -> str:
         return self.server.last_error() if self.server is not None else ""
