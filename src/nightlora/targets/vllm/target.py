@@ -121,12 +121,11 @@ class VllmTarget:
     # -- the switch --------------------------------------------------------------------------
 
     def remember(self, adapter: Served | None) -> None:
-        """Our server loads ``adapter`` at its next start (--lora-modules), and the route names it."""
+        """Our server loads ``adapter`` at its next start (--lora-modules).  The route is left alone: it
+        moves only in a checked switch, so it never names an adapter that is not loaded."""
         name = lora_name(self.stable, adapter.version) if adapter else None
         if self.server is not None:
             self.server.configure(Path(json.dumps({"name": name, "path": str(adapter.path)})) if adapter else None)
-        if self._base is not None:
-            write_route(self.route_path, Route(self.stable, self._base, name))
         self._serving = adapter.version if adapter else None
 
     def activate(self, adapter: Served | None, log: Log = _nolog) -> HealthResult:
@@ -188,8 +187,11 @@ class VllmTarget:
         for old in loaded:
             if old != new and version_of(self.stable, old) is not None:
                 self._drain(old, log)
-                api.unload(old)
-                log(f"unloaded {old}")
+                try:
+                    api.unload(old)
+                    log(f"unloaded {old}")
+                except ServerError as e:  # the switch is done; a leftover is retired by the next one
+                    log(str(e))
         self._timed("retire", t)
         total = self.clock() - t0
         log("switch " + ", ".join(f"{k} {v:.0f} ms" for k, v in self.timings.items()))
