@@ -136,6 +136,17 @@ class ScheduleConfig(Section):
         return f"{h:02d}:{m:02d}"
 
 
+class GuardConfig(Section):
+    """Resource guards before training (pipeline/guards.py): a night that cannot finish well is postponed."""
+
+    # On battery: postpone the night (the default: an hour of training empties a laptop), or train anyway.
+    on_battery: Literal["postpone", "run"] = "postpone"
+    # Free disk kept beyond what the night is estimated to write (dataset, adapter, checkpoints).
+    disk_headroom_mb: int = Field(512, ge=0)
+    # Postpone when training cannot fit in memory even with the server stopped and gradient checkpointing on.
+    memory: bool = True
+
+
 class Config(Section):
     source: SourceConfig = Field(default_factory=lambda: SOURCES["hanni"].config())  # type: ignore[valid-type]
     data: DataConfig = Field(default_factory=DataConfig)
@@ -144,6 +155,7 @@ class Config(Section):
     target: TargetConfig = Field(default_factory=lambda: TARGETS["mlx_lm"].config())  # type: ignore[valid-type]
     store: StoreConfig = Field(default_factory=StoreConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
     teacher: TeacherConfig = Field(default_factory=lambda: TEACHERS["claude-cli"].config())  # type: ignore[valid-type]
 
     @property
@@ -351,6 +363,11 @@ keep_versions = {c.store.keep_versions}
 
 [schedule]
 at = "{c.schedule.at}"
+
+[guard]                            # checked before training; a night that cannot finish well is postponed
+on_battery = "{c.guard.on_battery}"             # postpone | run
+disk_headroom_mb = {c.guard.disk_headroom_mb}             # free disk kept beyond the night's estimate
+memory = {str(c.guard.memory).lower()}                      # postpone when training cannot fit even with the server stopped
 
 [teacher]                          # B3.4 distillation: a stronger model writes the replies that should have been given
 kind = "claude-cli"                # claude-cli (the `claude` command) | openai (any OpenAI-compatible endpoint) | anthropic

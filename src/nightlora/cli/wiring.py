@@ -13,8 +13,10 @@ from nightlora.kinds import kind_of
 from nightlora.models import model_to_serve
 from nightlora.paths import StatePaths
 from nightlora.pipeline.night import RunDeps
+from nightlora.platform.disk import free_bytes
 from nightlora.platform.memory import read_memory
 from nightlora.platform.notify import make_notifier
+from nightlora.platform.power import read_power
 from nightlora.platform.runner import CommandRunner, SubprocessRunner
 from nightlora.sources.base import Source
 from nightlora.sources.registry import SOURCES
@@ -94,6 +96,8 @@ def build_deps(cfg: Config, *, progress: bool = True) -> RunDeps:
         trainer_for=make_trainer,
         notifier=make_notifier(runner, log=info),
         read_memory=lambda: read_memory(runner),
+        read_power=lambda: read_power(runner),
+        free_disk=free_bytes,
         teacher=build_teacher(cfg, runner),
         progress=_progress(progress),
         log=info,
