@@ -43,7 +43,9 @@ class GuardCheck:
 
 
 def _size(n: int) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
+    if n >= GiB:
+        return f"{n / GiB:.1f} GiB"
+    return f"{n / MiB:.0f} MiB" if n >= 10 * MiB else f"{n / MiB:.1f} MiB" if n >= MiB // 10 else f"{n // 1024} KiB"
 
 
 def adapter_bytes(shape: ModelShape, lora_rank: int, lora_layers: int | None) -> int:
