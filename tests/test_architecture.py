@@ -21,6 +21,7 @@ NEVER = {
     "teachers": {"cli", "pipeline", "sources", "targets", "train", "evaluate", "state", "demo"},
     "pipeline": {"cli", "demo"},
     "demo": {"cli", "pipeline"},
+    "doctor": {"cli", "demo"},
 }
 
 

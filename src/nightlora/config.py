@@ -22,6 +22,7 @@ import platformdirs
 from pydantic import Field, ValidationError, field_validator
 
 from nightlora.config_section import Section, expand, parse_hh_mm, toml_str
+from nightlora.platform.fsutil import read_regular_bytes
 from nightlora.errors import ConfigError
 from nightlora.kinds import config_union
 from nightlora.sources.registry import SOURCES
@@ -128,12 +129,25 @@ class StoreConfig(Section):
 
 class ScheduleConfig(Section):
     at: str = "03:00"
+    # auto: launchd on macOS, a systemd user timer where systemd runs, else a crontab line.
+    backend: Literal["auto", "launchd", "systemd", "cron"] = "auto"
 
     @field_validator("at")
     @classmethod
     def _hh_mm(cls, v: str) -> str:
         h, m = parse_hh_mm(v)
         return f"{h:02d}:{m:02d}"
+
+
+class GuardConfig(Section):
+    """Resource guards before training (pipeline/guards.py): a night that cannot finish well is postponed."""
+
+    # On battery: postpone the night (the default: an hour of training empties a laptop), or train anyway.
+    on_battery: Literal["postpone", "run"] = "postpone"
+    # Free disk kept beyond what the night is estimated to write (dataset, adapter, checkpoints).
+    disk_headroom_mb: int = Field(512, ge=0)
+    # Postpone when training cannot fit in memory even with the server stopped and gradient checkpointing on.
+    memory: bool = True
 
 
 class Config(Section):
@@ -144,6 +158,7 @@ class Config(Section):
     target: TargetConfig = Field(default_factory=lambda: TARGETS["mlx_lm"].config())  # type: ignore[valid-type]
     store: StoreConfig = Field(default_factory=StoreConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
     teacher: TeacherConfig = Field(default_factory=lambda: TEACHERS["claude-cli"].config())  # type: ignore[valid-type]
 
     @property
@@ -210,14 +225,20 @@ def _removed_sections(tree: dict[str, Any], where: str) -> None:
         raise ConfigError(f"invalid config in {where}: " + "; ".join(f"{k}: {REMOVED[k]}" for k in old))
 
 
+CONFIG_MAX_BYTES = 1 << 20  # a config is a few KiB; anything this large is not one
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(read_regular_bytes(path, CONFIG_MAX_BYTES).decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"invalid config in {path}: not UTF-8 text (byte {e.start})") from None
+    except ValueError as e:  # tomllib.TOMLDecodeError, NUL included
+        raise ConfigError(f"invalid config in {path}: {e}") from None
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"invalid config in {path}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"invalid config in {path}: nested too deeply") from None
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
 
@@ -351,6 +372,12 @@ keep_versions = {c.store.keep_versions}
 
 [schedule]
 at = "{c.schedule.at}"
+backend = "auto"                   # auto | launchd | systemd | cron
+
+[guard]                            # checked before training; a night that cannot finish well is postponed
+on_battery = "{c.guard.on_battery}"             # postpone | run
+disk_headroom_mb = {c.guard.disk_headroom_mb}             # free disk kept beyond the night's estimate
+memory = {str(c.guard.memory).lower()}                      # postpone when training cannot fit even with the server stopped
 
 [teacher]                          # B3.4 distillation: a stronger model writes the replies that should have been given
 kind = "claude-cli"                # claude-cli (the `claude` command) | openai (any OpenAI-compatible endpoint) | anthropic

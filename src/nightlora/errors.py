@@ -101,3 +101,9 @@ class TeacherError(NightloraError):
     @property
     def retryable(self) -> bool:
         return self.reason in self.RETRYABLE
+
+
+class SetupError(NightloraError):
+    """`nightlora doctor` found a check that fails (the table says which, and each fix)."""
+
+    exit_code = 16

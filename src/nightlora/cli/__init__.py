@@ -33,7 +33,7 @@ def _register() -> None:
     for cmd in data_cmds.COMMANDS:
         cli.add_command(cmd)
     # Later stages register here the same way (train, run, deploy...).
-    for modname in ("train_cmds", "deploy_cmds", "run_cmds", "report_cmds", "demo_cmds", "distill_cmds"):
+    for modname in ("train_cmds", "deploy_cmds", "run_cmds", "report_cmds", "demo_cmds", "distill_cmds", "doctor_cmds"):
         try:
             mod = __import__(f"nightlora.cli.{modname}", fromlist=["COMMANDS"])
         except ModuleNotFoundError as e:

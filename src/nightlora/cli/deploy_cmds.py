@@ -98,6 +98,11 @@ def _config_for_schedule(state: AppState) -> Path | None:
     return path
 
 
+def _backend(cfg: Any, flag: str | None) -> str | None:
+    """--backend, else schedule.backend (None: detected)."""
+    return flag or (None if cfg.schedule.backend == "auto" else cfg.schedule.backend)
+
+
 def _schedule_text(st: ScheduleStatus) -> str:
     if st.installed:
         loaded = {True: ", loaded", False: ", not loaded", None: ""}[st.loaded]
@@ -147,7 +152,7 @@ def schedule_install(state: AppState, at: str | None, disable_old: bool | None, 
     cfg = state.config({"schedule.at": at})
     config_path = _config_for_schedule(state)
     runner = SubprocessRunner()
-    sched = make_schedule(nightly_argv(config_path), cfg.source.state_path, runner, backend=backend)  # type: ignore[arg-type]
+    sched = make_schedule(nightly_argv(config_path), cfg.source.state_path, runner, backend=_backend(cfg, backend))  # type: ignore[arg-type]
     notes = _old_agents(getattr(cfg.source, "old_agents", ()), runner, disable_old) if sched.backend == "launchd" else []
     st = sched.install(cfg.schedule.at)
     emit(with_notes(st, notes), as_json, _schedule_text)
@@ -161,7 +166,7 @@ def schedule_status(state: AppState, backend: str | None, as_json: bool) -> None
     """Show whether and when the nightly run is installed."""
     cfg = state.config()
     sched = make_schedule(nightly_argv(_config_for_schedule(state)), cfg.source.state_path, SubprocessRunner(),
-                          backend=backend)  # type: ignore[arg-type]
+                          backend=_backend(cfg, backend))  # type: ignore[arg-type]
     emit(sched.status(), as_json, _schedule_text)
 
 
@@ -173,7 +178,7 @@ def schedule_remove(state: AppState, backend: str | None, as_json: bool) -> None
     """Remove the nightly run."""
     cfg = state.config()
     sched = make_schedule(nightly_argv(_config_for_schedule(state)), cfg.source.state_path, SubprocessRunner(),
-                          backend=backend)  # type: ignore[arg-type]
+                          backend=_backend(cfg, backend))  # type: ignore[arg-type]
     emit(sched.remove(), as_json, _schedule_text)
 
 

@@ -68,6 +68,9 @@ def _status_text(o: dict) -> str:
              + (f", live adapter {o['live']}" if o.get("live") else ", no adapter live")]
     if not o["runs"]:
         return "\n".join(lines + ["no runs yet"])
+    last = o["runs"][0]
+    if last["status"] == "postponed":  # the reason in full: the table cuts notes short
+        lines.append(f"last night was postponed: {last['notes'] or '(no reason recorded)'}")
     lines.append(f"  {'RUN':>4} {'STARTED':<19} {'STATUS':<12} {'ADAPTER':<8} {'SCORE':>6} {'TIME':>6}  NOTES")
     for r in o["runs"]:
         score = f"{r['eval_score']:.3f}" if r["eval_score"] is not None else "-"

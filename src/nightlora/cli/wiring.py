@@ -13,8 +13,10 @@ from nightlora.kinds import kind_of
 from nightlora.models import model_to_serve
 from nightlora.paths import StatePaths
 from nightlora.pipeline.night import RunDeps
+from nightlora.platform.disk import free_bytes
 from nightlora.platform.memory import read_memory
 from nightlora.platform.notify import make_notifier
+from nightlora.platform.power import read_power
 from nightlora.platform.runner import CommandRunner, SubprocessRunner
 from nightlora.sources.base import Source
 from nightlora.sources.registry import SOURCES
@@ -94,7 +96,40 @@ def build_deps(cfg: Config, *, progress: bool = True) -> RunDeps:
         trainer_for=make_trainer,
         notifier=make_notifier(runner, log=info),
         read_memory=lambda: read_memory(runner),
+        read_power=lambda: read_power(runner),
+        free_disk=free_bytes,
         teacher=build_teacher(cfg, runner),
         progress=_progress(progress),
         log=info,
+    )
+
+
+def build_doctor_deps(cfg: Config, config_path: Any = None, *, debug: bool = False) -> Any:
+    """The real side effects `nightlora doctor` reads through (it writes nothing, starts nothing)."""
+    from pathlib import Path
+
+    from nightlora.doctor.checks import DoctorDeps
+    from nightlora.schedule import make_schedule
+
+    runner = SubprocessRunner()
+    path = config_path
+    if path is None:
+        import os
+
+        from nightlora.config import CONFIG_ENV, default_config_path
+
+        path = Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else (
+            default_config_path() if default_config_path().is_file() else None)
+    return DoctorDeps(
+        source=build_source,
+        target=lambda c: build_target(c, runner),
+        trainer=make_trainer,
+        schedule=lambda c, argv: make_schedule(argv, c.source.state_path, runner,
+                                               backend=None if c.schedule.backend == "auto" else c.schedule.backend),
+        runner=runner,
+        read_memory=lambda: read_memory(runner),
+        read_power=lambda: read_power(runner),
+        free_disk=free_bytes,
+        config_path=path,
+        debug=debug,
     )

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightlora.errors import SourceError
+from nightlora.platform.fsutil import read_regular_bytes
+
+PROMPT_MAX_BYTES = 1 << 20  # a system prompt of a megabyte is not one (and would not fit a context)
 
 FALLBACK_SYSTEM_PROMPT = (
     "You are Hanni, a friendly personal assistant running on the user's own computer. "
@@ -35,14 +38,14 @@ def load_system_prompt(path: Path | None) -> tuple[SystemPrompt, list[str]]:
         return SystemPrompt(FALLBACK_SYSTEM_PROMPT, None, True), ["no system prompt file given; using the built-in prompt"]
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        text = read_regular_bytes(path, PROMPT_MAX_BYTES).decode("utf-8").strip()
     except FileNotFoundError:
         return SystemPrompt(FALLBACK_SYSTEM_PROMPT, path, True), [
             f"system prompt {path} not found; using the built-in prompt"
         ]
     except UnicodeDecodeError:
         raise SourceError(f"system prompt {path} is not UTF-8 text") from None
-    except OSError as e:
+    except OSError as e:  # a FIFO or a folder (refused, never read), no permission
         raise SourceError(f"cannot read system prompt {path}: {e.strerror}") from None
     if not text:
         return SystemPrompt(FALLBACK_SYSTEM_PROMPT, path, True), [f"system prompt {path} is empty; using the built-in prompt"]

@@ -23,6 +23,7 @@ from nightlora.pipeline.result import RunResult
 from nightlora.platform.fsutil import atomic_write_json, private_dir
 from nightlora.platform.memory import MemoryInfo
 from nightlora.platform.notify import Notifier, announce_back
+from nightlora.platform.power import PowerState
 from nightlora.sources.base import Source
 from nightlora.state.db import RunRecorder, StateDB
 from nightlora.state.status_file import StatusWriter
@@ -43,6 +44,9 @@ class RunDeps:
     notifier: Notifier
     read_memory: Callable[[], MemoryInfo | None]
     teacher: Teacher | None = None  # distillation's teacher; None: teacher.enabled is false
+    # The resource guards' readings (pipeline/guards.py); None: cannot be told (the guard passes, saying so).
+    read_power: Callable[[], PowerState | None] = lambda: None
+    free_disk: Callable[[Path], int | None] = lambda path: None
     progress: ProgressFn | None = None
     log: Callable[[str], None] = lambda msg: None
 

@@ -1,6 +1,6 @@
 """`nightlora run`: one night, as a short list of stages.
 
-    check -> export -> distill -> train -> evaluate -> deploy -> commit
+    check -> export -> distill -> guard -> train -> evaluate -> deploy -> commit
     (and always, at the end: record, with report.html)
 
 Each stage hands its work to the next through files in one run folder
@@ -30,13 +30,14 @@ from nightlora.pipeline.night import RunDeps, open_night
 from nightlora.pipeline.recover import recover
 from nightlora.pipeline.result import RunResult
 from nightlora.pipeline.stage import Stage, run_stage
-from nightlora.pipeline.stages import check, commit, deploy, distill, evaluate, export, train
+from nightlora.pipeline.stages import check, commit, deploy, distill, evaluate, export, guard, train
 from nightlora.platform.fsutil import private_dir
 
 STAGES: tuple[Stage, ...] = (
     Stage("check", "counting new feedback", check.run),
     Stage("export", "exporting the rated conversations as a dataset", export.run),
     Stage("distill", "asking a teacher for better replies", distill.run),
+    Stage("guard", "checking power, free disk and memory before training", guard.run),
     Stage("train", "training a LoRA adapter", train.run),
     Stage("evaluate", "comparing the new adapter with the live one and the base model", evaluate.run),
     Stage("deploy", "putting the new adapter live", deploy.run),

@@ -11,6 +11,7 @@ from nightlora.evaluate.gate import Decision
 from nightlora.evaluate.scores import ModelScores
 
 if TYPE_CHECKING:
+    from nightlora.pipeline.guards import GuardCheck
     from nightlora.dataset.writer import ExportResult
     from nightlora.sources.base import FeedbackCounts
     from nightlora.targets.deploy import DeployResult
@@ -98,6 +99,7 @@ class RunResult:
     evaluation: EvaluationResult | None = None
     deploy: DeployResult | None = None
     commit: CommitResult | None = None
+    guards: list[GuardCheck] | None = None
     stages_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -119,5 +121,6 @@ class RunResult:
             "feedback": _plain(self.feedback), "export": _plain(self.export),
             "distill": _plain(self.distill), "train": _plain(self.train),
             "evaluation": _plain(self.evaluation), "deploy": _plain(self.deploy), "commit": _plain(self.commit),
+            "guards": _plain(self.guards),
             "marked_exported": self.marked_exported, "stages_s": self.stages_s,
         }

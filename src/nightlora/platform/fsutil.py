@@ -5,13 +5,39 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import errno
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
+
+
+class NotRegularFile(OSError):
+    """A path that should be a file is a FIFO, a device, a socket or a folder: reading it could block forever."""
+
+
+def read_regular_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path``, refusing anything but a regular file (a FIFO would hang an ordinary read).
+
+    Opened with O_NONBLOCK so that opening a FIFO returns at once, then checked with fstat on the
+    open descriptor (no race with a rename).  ``limit``: refuse files larger than this many bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+            raise NotRegularFile(errno.EINVAL, f"is {kind}, not a file", str(path))
+        if limit is not None and st.st_size > limit:
+            raise NotRegularFile(errno.EFBIG, f"is larger than {limit} bytes", str(path))
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def private_dir(path: Path) -> Path:

@@ -20,7 +20,8 @@ from nightlora.platform.fsutil import private_dir
 from nightlora.state.migrations import migrate
 
 BUSY_TIMEOUT_S = 5.0
-FINAL_STATUSES = ("completed", "skipped", "rejected", "rolled_back", "failed", "interrupted")
+# postponed: a resource guard (battery, disk, memory) kept the night from training; the next one tries again
+FINAL_STATUSES = ("completed", "skipped", "postponed", "rejected", "rolled_back", "failed", "interrupted")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""`nightlora doctor`: the installation and configuration checked end to end (checks.py)."""
