@@ -46,6 +46,10 @@ backend = "torch"
 iters = 4
 batch_size = 4
 max_seq_length = 384
+[eval]
+# 4 steps on a tiny random model teach it nothing the gate could see; this test is about the
+# Open WebUI source end to end, tests/test_gate_night.py runs the gate.
+gate = false
 [target]
 manager = "process"
 port = {free_port()}
