@@ -92,6 +92,13 @@ def test_schedule_time_is_normalized():
     assert load_config(None, environ={}, overrides={"schedule.at": "3:05"}).schedule.at == "03:05"
 
 
+def test_hanni_preset_with_db_puts_the_app_folder_where_the_database_is(tmp_path: Path):
+    db = tmp_path / "Application Support" / "Hanni 2" / "hanni-copy.db"
+    c = load_config(write(tmp_path, preset_toml("hanni", db=db)), environ={})
+    assert c.source.db_path == db
+    assert c.source.state_path == db.parent / "nightlora"
+
+
 def test_preset_round_trips_to_the_defaults(tmp_path: Path):
     c = load_config(write(tmp_path, preset_toml("hanni")), environ={})
     d = Config()

@@ -88,3 +88,13 @@ def test_synthetic_prompts_only_fill_what_the_real_ones_leave() -> None:
     assert s.system == SYSTEM and s.messages == ({"role": "user", "content": "Set a timer for ten minutes"},)
     # enough real prompts: no synthetic one
     assert select_prompts(prefs, [], focus="negatives", count=1, system=SYSTEM, synthetic=synthetic).synthetic == 0
+
+
+def test_a_regenerated_sibling_the_user_rated_up_is_not_replaced() -> None:
+    # Open WebUI: the chosen reply of a pair is the user's thumbs-up regeneration (chosen_from "sibling").
+    (pref,) = records(8, [("user", "Which city do I live in?"), ("assistant", "Paris.")], {1: -1})[0]
+    sibling = {**pref, "chosen": [{"role": "assistant", "content": "Almaty."}],
+               "meta": {**pref["meta"], "chosen_from": "sibling"}}
+    sel = select_prompts([pref, sibling], [], focus="negatives", count=10, system=None)
+    assert [p.text for p in sel.prompts] == ["Which city do I live in?"]  # only the pair without a chosen reply
+    assert sel.skipped.get("has_chosen") == 1

@@ -290,12 +290,13 @@ PRESETS = ("hanni", "openwebui")
 def _source_toml(name: str, db: Path | None) -> str:
     """The [source] section of a preset: every key of its kind, with comments."""
     if name == "hanni":
+        # --db: the app's folder is the database's (its system prompt and training/ live beside it).
         s = SOURCES["hanni"].config()
         return f"""\
 [source]
 kind = "hanni"
-data_dir = {toml_str(s.data_dir)}
-db = "hanni.db"
+data_dir = {toml_str(db.parent if db is not None else s.data_dir)}
+db = {toml_str(db.name) if db is not None else '"hanni.db"'}
 system_prompt = "system_prompt.txt"
 state_dir = "nightlora"            # runs, adapter store, state db, lock, status.json
 history_window = {s.history_window}                # the app sends its model its last 20 messages: contexts are cut so (0 = all)

@@ -114,12 +114,17 @@ def _from_context(origin: Origin, context: list[Message], record: dict[str, Any]
                   tuple(record.get("tools") or ()), meta.get("conversation_id"), meta.get("message_index")), None
 
 
+USER_CHOSEN = ("alternative", "sibling")
+
+
 def preference_prompt(record: dict[str, Any]) -> tuple[Prompt | None, str | None]:
     meta = record.get("meta") or {}
     if meta.get("split") != "train":
         return None, "held_out"
-    if meta.get("chosen_from") == "alternative":
-        return None, "has_chosen"  # the user's own thumbs-up alternative answers it
+    # The user's own thumbs-up alternative answers it: a reply they rated up after re-asking,
+    # or (Open WebUI) a regenerated sibling of the rated-down reply.
+    if meta.get("chosen_from") in USER_CHOSEN:
+        return None, "has_chosen"
     return _from_context("preference", list(record.get("prompt") or ()), record)
 
 
