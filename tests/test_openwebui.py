@@ -429,3 +429,47 @@ def test_init_preset_openwebui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     code = main(["init", "--preset", "openwebui", "--path", str(tmp_path / "d.toml")])
     assert code == 3 and "pass --db PATH" in capsys.readouterr().err  # nothing found, nobody to ask
     assert main(["init", "--preset", "openwebui", "--db", str(demo_path), "--path", str(tmp_path / "d.toml")]) == 0
+
+
+def test_withdrawn_empty_truncated_and_rated_down_tool_calls_are_counted(tmp_path: Path):
+    """The cases the demo database does not produce: a withdrawn rating, a rating on an empty reply,
+    a path whose parent is gone from the tree, and the tool calls of a reply rated down."""
+    c = Chat("c1")
+    c.add("u1", None, "user", "Weather?")
+    output = [
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Lisbon"}',
+         "status": "completed"},
+        {"type": "function_call_output", "call_id": "call_1", "output": [{"type": "input_text", "text": '{"temp": 19}'}]},
+        {"type": "message", "content": [{"type": "output_text", "text": "It is snowing."}]},
+    ]
+    c.add("a1", "u1", "assistant", "It is snowing.", output=output)
+    c.add("u2", "a1", "user", "Really? And tomorrow?")
+    c.add("a2", "u2", "assistant", "Sunny, 21 °C.")
+    c.add("u3", "a2", "user", "Thanks")
+    c.add("a3", "u3", "assistant", "")  # an empty reply
+    c.add("u4", "a2", "user", "And the day after?")
+    c.add("a4", "u4", "assistant", "Rain.")
+    d = Chat("c2")
+    d.add("v1", None, "user", "Hi")
+    d.add("b1", "v1", "assistant", "Hello!")
+    d.add("v2", "b1", "user", "How are you?")
+    d.add("b2", "v2", "assistant", "Fine, thanks.")
+    del d.messages["v1"]  # the path's start is gone from the stored tree
+    d.messages["b1"]["parentId"] = "v1"
+    rows = [feedback("f1", c, "a1", -1), feedback("f2", c, "a2", 1), feedback("f3", c, "a3", 1),
+            feedback("f4", c, "a4", 0), feedback("f5", d, "b2", 1)]
+    result = export(webui_db(tmp_path / "webui.db", [c, d], rows), tmp_path / "out")
+    cases = result.manifest["cases"]
+    assert cases["feedback_withdrawn"] == 1          # a4's 0: a rating taken back is no rating
+    assert cases["feedback_on_empty_reply"] == 1     # a3: Open WebUI sends nothing for it
+    assert cases["path_truncated"] == 1              # b2's path starts where the tree was cut
+    by_id = {e["meta"]["message_id"]: e for e in examples(tmp_path / "out")}
+    # a4 is learned as an unrated reply (its rating was withdrawn); b1 has no user turn before it now.
+    assert set(by_id) == {"a2", "a4", "b2"} and cases["before_any_user_turn"] == 1
+    # a1 was rated down: neither its tool call nor its text is learned, both stay as a2's context.
+    assert cases["part_of_rated_down_reply"] == 1
+    assert [m.get("tool_calls", [{}])[0].get("function", {}).get("name") for m in by_id["a2"]["messages"]
+            if m["role"] == "assistant"][:1] == ["get_weather"]
+    assert texts(by_id["b2"]["messages"])[-2:] == ["How are you?", "Fine, thanks."]
+    (pref,) = lines(tmp_path / "out", "preferences")
+    assert pref["rejected"][-1]["content"] == "It is snowing."

@@ -170,14 +170,22 @@ def conversation_examples(
     # The tools of the last example, shared by the examples after it until the next call:
     # rebuilding them for every example would cost time quadratic in the conversation.
     tools: list[dict[str, Any]] | None = None
+    seen_user = False
     for index, msg in enumerate(messages):
         if msg["role"] == "system":
             continue
+        if msg["role"] == "user":
+            seen_user = True
         if "tool_calls" in msg:
             calls_tools, tools = True, None
         if is_learnable(msg):
             rating = ratings.get(index)
             reason = rules.context_only.get(index)
+            if reason is None and not seen_user and index not in rules.unprompted:
+                # Nothing asked for it (a path whose start is lost, a reply before any user turn):
+                # learning it would teach the model to speak first. Proactive turns the source
+                # chose to train on are in ``unprompted``.
+                reason = "before_any_user_turn"
             if reason is not None:
                 result.cases[reason] += 1
                 if rating is not None:
