@@ -8,6 +8,7 @@ every query of a night sees the same moment.  In WAL mode the app keeps writing 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -33,6 +34,8 @@ def read_snapshot(db_path: Path, what: str, required: Mapping[str, set[str]]) ->
     path = Path(db_path)
     if not path.is_file():
         raise SourceError(f"{what[2:] if what.startswith('a ') else what} not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"cannot read {path}: permission denied (run nightlora as the user who owns it)")
     try:
         conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
                                isolation_level=None)
@@ -46,7 +49,11 @@ def read_snapshot(db_path: Path, what: str, required: Mapping[str, set[str]]) ->
         check_columns(conn, path, what, required)
         yield conn
     except sqlite3.Error as e:
-        raise SourceError(f"cannot read {path}: {e}") from None
+        hint = ""
+        if "readonly" in str(e) and not os.access(path.parent, os.W_OK):
+            # A WAL database is read through its -shm file, which SQLite creates beside it.
+            hint = f" (a WAL database needs its folder {path.parent} writable, or the app running, to be read)"
+        raise SourceError(f"cannot read {path}: {e}{hint}") from None
     finally:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")

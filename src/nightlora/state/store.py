@@ -81,7 +81,9 @@ class Version:
     def adapter_dir(self, fmt: str) -> Path:
         """The folder of this version's adapter in ``fmt`` (StoreError if the version lacks it)."""
         if fmt not in self.formats:
-            raise StoreError(f"{self.name} has no {fmt} adapter (it has: {', '.join(self.formats) or 'none'})")
+            files = ", ".join(AdapterFiles.REQUIRED[fmt]) if fmt in AdapterFiles.REQUIRED else fmt
+            raise StoreError(f"{self.name} has no {fmt} adapter ({files}; adapters load only from safetensors files; "
+                             f"it has: {', '.join(self.formats) or 'none'})")
         return format_dir(self.path, fmt)
 
     def to_dict(self) -> dict[str, Any]:
