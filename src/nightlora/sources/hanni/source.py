@@ -37,6 +37,10 @@ def _proactive_rules(parsed: Any, messages: list[Message], proactive_targets: bo
 
 def read_conversation(row: db.ConversationRow, proactive_targets: bool = False) -> Conversation:
     """A stored row as the dataset rules take it (or the reason it cannot be read)."""
+    if not isinstance(row.id, int) or isinstance(row.id, bool):
+        # Not Hanni's INTEGER PRIMARY KEY (a copy by another tool): named by its row in the manifest.
+        label = row.id if isinstance(row.id, str) else f"rowid {row.rowid}"
+        return Conversation(label, rated=row.rated, skip_reason="bad_conversation_id")
     try:
         parsed = parse_messages(row.messages)
         messages = normalize_messages(parsed)
@@ -79,7 +83,10 @@ class HanniSnapshot:
         return db.marked_elsewhere(self.conn, self.consumed)
 
     def cases(self) -> Mapping[str, int]:
-        return {}  # Hanni's feedback problems are the dataset rules' own (feedback_* under skipped)
+        # Hanni's feedback problems are the dataset rules' own (feedback_* under skipped), but for
+        # rows whose id is not an integer, which no night can count, mark or consume.
+        bad = db.bad_id_feedback_count(self.conn)
+        return {"feedback_bad_id": bad} if bad else {}
 
 
 class HanniSource:

@@ -37,6 +37,29 @@ def _text(value: Any) -> str:
     return value
 
 
+def _list(value: Any) -> list[Any]:
+    """A JSON array where one should be; anything else holds no parts."""
+    return value if isinstance(value, list) else []
+
+
+def _call_id(item: dict[str, Any]) -> str | None:
+    cid = item.get("call_id")
+    return cid if isinstance(cid, str) and cid else None
+
+
+def _arguments(args: Any) -> str | dict[str, Any]:
+    """A tool call's arguments as stored: JSON text or an object, each checked to be writable UTF-8."""
+    if isinstance(args, str):
+        return _text(args)
+    if not isinstance(args, dict):
+        raise BadConversation("bad_tool_calls")
+    try:
+        _text(json.dumps(args, ensure_ascii=False))
+    except (RecursionError, ValueError):
+        raise BadConversation("bad_tool_calls") from None
+    return args
+
+
 def process_details(content: str) -> str:
     """The front end's processDetails: reasoning blocks out, tool-call blocks -> their result."""
     content = _REMOVED_DETAILS.sub("", content).strip()
@@ -63,9 +86,9 @@ def _content_text(content: Any) -> str:
 def _from_output(output: list[Any]) -> list[Message]:
     """convert_output_to_messages for the items a chat keeps: text, completed tool calls with their results."""
     items = [i for i in output if isinstance(i, dict)]
-    completed = {i.get("call_id") for i in items if i.get("type") == "function_call" and i.get("call_id")
+    completed = {_call_id(i) for i in items if i.get("type") == "function_call" and _call_id(i)
                  and i.get("status") in ("completed", "failed", "rejected")}
-    answered = {i.get("call_id") for i in items if i.get("type") == "function_call_output" and i.get("call_id")}
+    answered = {_call_id(i) for i in items if i.get("type") == "function_call_output" and _call_id(i)}
     calls_with_results = completed & answered
     out: list[Message] = []
     text: list[str] = []
@@ -75,7 +98,7 @@ def _from_output(output: list[Any]) -> list[Message]:
     def flush() -> None:
         nonlocal text, calls
         if text or calls:
-            msg: Message = {"role": "assistant", "content": "\n".join(text)}
+            msg: Message = {"role": "assistant", "content": _text("\n".join(text))}
             if calls:
                 msg["tool_calls"] = calls
             out.append(msg)
@@ -93,22 +116,20 @@ def _from_output(output: list[Any]) -> list[Message]:
         if kind != "function_call_output":
             flush_results()
         if kind == "message":
-            part = "".join(_text(p.get("text", "")) for p in item.get("content") or [] if isinstance(p, dict)
+            part = "".join(_text(p.get("text", "")) for p in _list(item.get("content")) if isinstance(p, dict)
                            and p.get("type") == "output_text")
             if part:
                 text.append(part)
-        elif kind == "function_call" and item.get("call_id") in calls_with_results:
-            args = item.get("arguments", "")
-            if not isinstance(args, (str, dict)):
-                raise BadConversation("bad_tool_calls")
+        elif kind == "function_call" and _call_id(item) in calls_with_results:
+            args = _arguments(item.get("arguments", ""))
             calls.append({"id": _text(item["call_id"]), "type": "function",
                           "function": {"name": _text(item.get("name")), "arguments": args}})
-        elif kind == "function_call_output" and item.get("call_id") in calls_with_results:
+        elif kind == "function_call_output" and _call_id(item) in calls_with_results:
             parts = item.get("output")
             if isinstance(parts, str):
-                content = parts
+                content = _text(parts)
             else:
-                content = "".join(_text(p.get("text", "")) for p in parts or [] if isinstance(p, dict)
+                content = "".join(_text(p.get("text", "")) for p in _list(parts) if isinstance(p, dict)
                                   and p.get("type") == "input_text")
             results.append({"role": "tool", "tool_call_id": _text(item["call_id"]), "content": content})
         elif kind == "open_webui:code_interpreter":
@@ -154,4 +175,9 @@ def parse_json(raw: Any) -> Any:
         return raw
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8")
-    return json.loads(raw)
+    if not isinstance(raw, str):  # a number where JSON text should be
+        raise ValueError(f"not JSON text: {type(raw).__name__}")
+    try:
+        return json.loads(raw)
+    except RecursionError:  # nested thousands deep
+        raise ValueError("JSON nested too deeply") from None
