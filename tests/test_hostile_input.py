@@ -167,6 +167,50 @@ def test_hanni_databases_with_anything_in_any_column(convs: list[tuple], feedbac
             assert "\n" not in str(e)
 
 
+HANNI_COLUMNS = {"conversations": ["id", "started_at", "ended_at", "summary", "message_count", "messages", "category"],
+                 "message_feedback": ["id", "conversation_id", "message_index", "rating", "created_at", "exported",
+                                      "updated_at", "device"]}
+
+
+@FAST
+@given(keep=st.fixed_dictionaries({t: st.one_of(st.none(), st.sets(st.sampled_from(cols))) for t, cols in HANNI_COLUMNS.items()}),
+       extra_tables=st.lists(st.sampled_from(["flywheel_cycles", "sync_tombstones", "future_table"]), unique=True))
+def test_hanni_schemas_of_other_versions(keep: dict[str, set[str] | None], extra_tables: list[str]) -> None:
+    """Tables missing, columns missing or added, tables nobody knows: exported, or one line naming what is missing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "hanni.db"
+        conn = sqlite3.connect(db)
+        for table, cols in keep.items():
+            if cols is not None and cols:
+                conn.execute(f"CREATE TABLE {table} ({', '.join(sorted(cols))})")
+                row = {"id": 1, "conversation_id": 1, "message_index": 1, "rating": 1, "exported": 0,
+                       "messages": json.dumps([["user", "hi"], ["assistant", "hello"]]), "started_at": "2025"}
+                names = sorted(cols)
+                conn.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                             [row.get(n, "x") for n in names])
+        for t in extra_tables:
+            conn.execute(f"CREATE TABLE {t} (id INTEGER PRIMARY KEY, what)")
+        conn.commit()
+        conn.close()
+        before = db.read_bytes()
+        try:
+            result = export_db(db, Path(tmp) / "out", None, min_messages=2)
+        except NightloraError as e:
+            message = str(e)
+            assert e.exit_code == 4 and "\n" not in message
+            for table, cols in keep.items():  # every missing table and column is named, at once
+                if not cols:
+                    assert f"no {table} table" in message, (message, keep)
+                else:
+                    for c in hanni_db.REQUIRED_COLUMNS[table] - set(cols):
+                        assert c in message, (message, keep)
+            count("hanni schema: one-line error naming what is missing")
+        else:
+            check_export(Path(tmp) / "out", result)
+            count("hanni schema: exported")
+        assert db.read_bytes() == before  # reading never alters the app's schema
+
+
 # --- Open WebUI ---------------------------------------------------------------------------
 
 @st.composite
@@ -230,3 +274,301 @@ def test_open_webui_databases_with_anything_in_their_json(chats: dict[str, Any],
             return
         check_export(out, result)
         count("openwebui: exported")
+
+
+# --- Open WebUI: one hostile reply in an otherwise valid chat (what the random trees rarely reach) ---
+
+def _call(call_id: Any = "c1", arguments: Any = "{}", name: Any = "f") -> dict[str, Any]:
+    return {"type": "function_call", "call_id": call_id, "status": "completed", "name": name, "arguments": arguments}
+
+
+def _result(output: Any, call_id: Any = "c1") -> dict[str, Any]:
+    return {"type": "function_call_output", "call_id": call_id, "output": output}
+
+
+HOSTILE_REPLIES = {
+    "call id is a list": {"output": [_call(["x"]), _result("ok", ["x"])]},
+    "call id is an object": {"output": [_call({"a": 1}), _result("ok", {"a": 1})]},
+    "message content is a number": {"output": [{"type": "message", "content": 5}]},
+    "tool output is a number": {"output": [_call(), _result(5)]},
+    "tool output with a lone surrogate": {"output": [_call(), _result("\udc00")]},
+    "arguments object with a lone surrogate": {"output": [_call(arguments={"a": "\ud800"}), _result("ok")]},
+    "arguments text with a lone surrogate": {"output": [_call(arguments="\ud800"), _result("ok")]},
+    "arguments nested 600 deep": {"output": [_call(arguments=json.loads('{"a":' * 600 + "1" + "}" * 600)), _result("ok")]},
+    "arguments a number": {"output": [_call(arguments=7), _result("ok")]},
+    "code output with a lone surrogate": {"output": [{"type": "open_webui:code_interpreter", "code": "x", "output": "\ud800"}]},
+    "content with a lone surrogate": {"content": "a\ud800"},
+    "content parts not text": {"content": [{"type": "text", "text": 5}]},
+    "content a NUL byte": {"content": "a\x00b"},
+    "content 12 MB": {"content": "x" * (12 << 20)},
+    "timestamp beyond a float": {"content": "ok", "timestamp": 10 ** 400},
+    "role a list": {"role": ["assistant"], "content": "x"},
+    "details without end, many": {"content": '<details type="tool_calls">' * 20_000},
+}
+
+
+def owui_db_with(tmp: Path, reply: dict[str, Any]) -> Path:
+    messages = {
+        "u": {"id": "u", "role": "user", "content": "hello", "parentId": None, "timestamp": 1},
+        "a": {"id": "a", "role": "assistant", "content": "", "parentId": "u", "timestamp": 2, **reply},
+        "u2": {"id": "u2", "role": "user", "content": "more", "parentId": "a", "timestamp": 3},
+        "b": {"id": "b", "role": "assistant", "content": "fine", "parentId": "u2", "timestamp": 4},
+    }
+    db = tmp / "webui.db"
+    conn = sqlite3.connect(db)
+    conn.executescript('CREATE TABLE "user" (id, settings); CREATE TABLE chat (id, user_id, chat, created_at);'
+                       "CREATE TABLE feedback (id, user_id, type, data, meta, snapshot, created_at, updated_at);")
+    # json.dumps keeps lone surrogates as \\u escapes, as a JSON column may hold them
+    conn.execute("INSERT INTO chat VALUES ('c1', 'u', ?, 1)", (json.dumps({"history": {"messages": messages, "currentId": "b"}}),))
+    for i, mid in enumerate(("a", "b")):
+        conn.execute("INSERT INTO feedback VALUES (?, 'u', 'rating', ?, ?, NULL, 1, ?)",
+                     (f"f{i}", json.dumps({"rating": 1}), json.dumps({"chat_id": "c1", "message_id": mid}), i))
+    conn.commit()
+    conn.close()
+    return db
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_REPLIES))
+def test_open_webui_hostile_replies_are_skipped_or_exported_never_a_crash(tmp_path: Path, case: str) -> None:
+    reply = {"role": "assistant", **HOSTILE_REPLIES[case]}
+    db = owui_db_with(tmp_path, reply)
+    source = OpenWebUISource(OpenWebUISourceConfig(kind="openwebui", db=db, data_dir=tmp_path))
+    import time
+
+    t0 = time.monotonic()
+    result = export_dataset(source, tmp_path / "out", load_system_prompt(None)[0], min_messages=2)
+    assert time.monotonic() - t0 < 20, "no pathological slowness"
+    check_export(tmp_path / "out", result)
+    m = result.manifest
+    # either the reply made it (converted) or the conversation is skipped with a reason
+    assert m["conversations"]["exported"] + m["conversations"]["skipped"] + m["conversations"]["too_short"] >= 1
+    if m["conversations"]["skipped"]:
+        assert any(m["skipped"].values())
+
+
+# --- through the real CLI: the one-line-error contract ----------------------------------------
+
+def cli(*args: str, cwd: Path, env_extra: dict[str, str] | None = None, timeout: float = 60,
+        preexec=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NIGHTLORA_")}
+    env.update(HOME=str(cwd), XDG_CONFIG_HOME=str(cwd / "xdg"), **(env_extra or {}))
+    return subprocess.run([*NIGHTLORA, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout, preexec_fn=preexec)
+
+
+def one_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    assert r.returncode == code, (r.returncode, r.stderr[-1500:])
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr[-1500:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nightlora: error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+HOSTILE_ROWS = {  # id -> the messages column, written as is (bytes stay bytes)
+    1: json.dumps([["user", "x" * (24 << 20)], ["assistant", "a reply to a huge message"]]),
+    2: nested(100_000),
+    3: nested_args(5000),
+    4: SURROGATE,
+    5: b'[["user","\xff\xfe"],["assistant","ok"]]',
+    6: '[["user", "nul \\u0000 inside"], ["assistant", "fine\\u0000"]]',
+    7: "[NaN]",
+    8: None,
+    9: json.dumps({"role": "user"}),
+    10: json.dumps([["user", "hi"], ["assistant", "hello"], ["user", "bye"], ["assistant", "ciao"]]),
+}
+
+
+def test_hostile_rows_through_the_cli_are_counted_skips(tmp_path: Path) -> None:
+    db = tmp_path / "hanni.db"
+    write_loose_hanni(db, [(cid, "2025-01-01", raw) for cid, raw in HOSTILE_ROWS.items()],
+                      [(1, 1, 1, 1, 0), (2, 10, 1, 1, 0), (3, 10, 3, -1, 0), (4, 10, 99, 1, 0), (5, 10, -1, "x", 0),
+                       (6, 4, 1, 5, 0), (7, 77, 1, 1, 0)], typed=True)
+    r = cli("export", "--db", str(db), "--out", str(tmp_path / "out"), "--min-messages", "2", "--json", cwd=tmp_path,
+            timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    skipped = manifest["skipped"]
+    for reason, cid in (("bad_json", 2), ("bad_json", 3), ("bad_text", 4), ("bad_encoding", 5), ("no_messages", 8),
+                        ("not_a_list", 9)):
+        assert cid in skipped.get(reason, []), (reason, cid, skipped)
+    assert manifest["counts"]["train"] + manifest["counts"]["valid"] + manifest["counts"]["test"] >= 2
+    assert manifest["feedback"]["orphans"] == 1  # feedback 7 points at a conversation that does not exist
+    assert any(k.startswith("feedback_") for k in skipped), skipped  # index 99, index -1, rating "x", rating 5
+    check_export(tmp_path / "out", None)
+
+
+def _db_case(tmp: Path, case: str) -> Path:
+    db = tmp / "hanni.db"
+    if case == "not sqlite":
+        db.write_bytes(os.urandom(4096))
+    elif case == "empty file":
+        db.write_bytes(b"")
+    elif case == "a folder":
+        db.mkdir()
+    elif case == "a FIFO":
+        os.mkfifo(db)
+    elif case in ("no feedback table", "feedback lacks exported", "conversations lacks messages"):
+        conn = sqlite3.connect(db)
+        conn.executescript(hanni_db.SCHEMA_SQL)
+        if case == "no feedback table":
+            conn.execute("DROP TABLE message_feedback")
+        elif case == "feedback lacks exported":
+            conn.execute("ALTER TABLE message_feedback DROP COLUMN exported")
+        else:
+            conn.execute("ALTER TABLE conversations DROP COLUMN messages")
+        conn.commit()
+        conn.close()
+    elif case == "truncated":
+        build_demo_db(db, conversations=20)
+        db.write_bytes(db.read_bytes()[:3000])
+    return db
+
+
+DB_CASES = ["not sqlite", "empty file", "a folder", "a FIFO", "no feedback table", "feedback lacks exported",
+            "conversations lacks messages", "truncated"]
+
+
+@pytest.mark.parametrize("case", DB_CASES)
+def test_broken_databases_are_one_line_source_errors(tmp_path: Path, case: str) -> None:
+    db = _db_case(tmp_path, case)
+    for attempt in (lambda: hanni_db.feedback_counts(db, 1), lambda: export_db(db, tmp_path / "out", None)):
+        with pytest.raises(NightloraError) as e:
+            attempt()
+        assert e.value.exit_code == 4 and str(db) in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("case", ["a FIFO", "not sqlite"])
+def test_broken_databases_through_the_cli(tmp_path: Path, case: str) -> None:
+    db = _db_case(tmp_path, case)
+    one_line(cli("check", "--db", str(db), cwd=tmp_path, timeout=30), 4, str(db))
+    one_line(cli("export", "--db", str(db), "--out", str(tmp_path / "out"), cwd=tmp_path, timeout=30), 4, str(db))
+
+
+# --- configs ------------------------------------------------------------------------------------
+
+toml_keys = st.sampled_from(["data.min_feedback", "data.min_messages", "data.split", "train.epochs", "train.iters",
+                             "train.backend", "target.kind", "target.port", "source.data_dir", "schedule.at",
+                             "eval.gate", "nosuch.key", "train.lora_rank", "teacher.enabled"])
+toml_values = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True), st.booleans(), st.text(max_size=6),
+                        st.lists(st.integers(-5, 200), max_size=4), st.just("inf"), st.just("a\x00b"))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "nan" if v != v else ("inf" if v == float("inf") else "-inf" if v == float("-inf") else repr(v))
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(map(str, v)) + "]"
+    return str(v)
+
+
+@FAST
+@given(st.one_of(
+    st.dictionaries(toml_keys, toml_values, max_size=4).map(
+        lambda d: "".join(f"[{k.split('.')[0]}]\n{k.split('.')[1]} = {_toml_value(v)}\n" for k, v in d.items()).encode()),
+    st.binary(max_size=64),
+    st.text(max_size=64).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.sampled_from([b"[data\n", b"[data]\nmin_feedback = \xff\n", b"a = " + b"[" * 5000, b"\x00", b"[[data]]\n",
+                     b"data = 5\n", b"[train]\nepochs = inf\n", b"[train]\nepochs = 1e308\n", b'[source]\ndata_dir = "\\u0000"\n']),
+))
+def test_any_config_file_is_a_config_or_a_one_line_config_error(text: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "nightlora.toml"
+        path.write_bytes(text)
+        try:
+            load_config(path, environ={})
+            count("config: valid")
+        except NightloraError as e:
+            assert e.exit_code == 3 and "\n" not in str(e)
+            count("config: one-line error")
+
+
+CONFIG_CASES = {
+    "a folder": lambda p: p.mkdir(),
+    "a FIFO": lambda p: os.mkfifo(p),
+    "invalid UTF-8": lambda p: p.write_bytes(b"[data]\nmin_feedback = 3 # \xff\xfe\n"),
+    "a NUL byte": lambda p: p.write_bytes(b"[data]\nmin_feedback = 3\x00\n"),
+    "syntax error": lambda p: p.write_text("[data\nmin_feedback = 3\n"),
+    "wrong types": lambda p: p.write_text('[data]\nmin_feedback = "many"\nsplit = 5\n[train]\nepochs = "inf"\n'),
+    "impossible values": lambda p: p.write_text("[data]\nmin_feedback = -1\nsplit = [200, 0, 0]\n[target]\nport = 70000\n"),
+    "NUL in a path value": lambda p: p.write_text('[source]\ndata_dir = "/tmp/a\\u0000b"\n'),
+    "a symlink loop": lambda p: p.symlink_to(p),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_broken_config_files_are_one_line_errors_and_never_hang(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "nightlora.toml"
+    CONFIG_CASES[case](path)
+    with pytest.raises(NightloraError) as e:
+        load_config(path, environ={})  # a FIFO must not block the read
+    assert e.value.exit_code == 3 and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["a FIFO", "a folder", "invalid UTF-8"])
+def test_broken_config_files_through_the_cli(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "nightlora.toml"
+    CONFIG_CASES[case](path)
+    one_line(cli("-c", str(path), "check", cwd=tmp_path, timeout=20), 3, str(path))
+    if case == "a FIFO":
+        one_line(cli("check", cwd=tmp_path, env_extra={"NIGHTLORA_CONFIG": str(path)}, timeout=20), 3, str(path))
+
+
+def test_nightlora_debug_0_is_off(tmp_path: Path) -> None:
+    path = tmp_path / "nightlora.toml"
+    path.write_text("[data\n")
+    one_line(cli("-c", str(path), "check", cwd=tmp_path, env_extra={"NIGHTLORA_DEBUG": "0"}), 3)
+    r = cli("-c", str(path), "check", cwd=tmp_path, env_extra={"NIGHTLORA_DEBUG": "1"})
+    assert r.returncode == 3 and "Traceback" in r.stderr
+
+
+# --- a full disk, for real ---------------------------------------------------------------------
+
+def _limit_file_size(limit: int):
+    def preexec() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+def test_a_full_disk_during_export_is_one_line_and_leaves_no_dataset(tmp_path: Path) -> None:
+    db = tmp_path / "hanni.db"
+    build_demo_db(db, conversations=40)
+    out = tmp_path / "out"
+    args = ("export", "--db", str(db), "--out", str(out), "--min-messages", "2")
+    # a complete earlier export in the same folder: after a failure, none of its files may pose as the new one's
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    sizes = {p.name: p.stat().st_size for p in out.iterdir()}
+    assert sizes["train.jsonl"] > 40_000, sizes
+    r = cli(*args, cwd=tmp_path, preexec=_limit_file_size(sizes["train.jsonl"] // 2))
+    one_line(r, 5, "File too large")
+    left = sorted(p.name for p in out.iterdir())
+    assert "manifest.json" not in left and "train.jsonl" not in left, left
+    assert not [n for n in left if n.endswith(".tmp")], left
+    # the next stage finds no dataset there, and says so in one line
+    one_line(cli("train", "--data", str(out), "--dry-run", cwd=tmp_path), 6, str(out))
+
+    # the manifest is what cannot be written: many skipped ids make it the largest file
+    junk = tmp_path / "junk.db"
+    write_loose_hanni(junk, [(i, "2025", "not json") for i in range(1, 4000)] + [(5000, "2025", HOSTILE_ROWS[10])],
+                      [(1, 5000, 1, 1, 0), (2, 5000, 3, 1, 0)], typed=True)
+    jargs = ("export", "--db", str(junk), "--out", str(out), "--min-messages", "2")
+    r = cli(*jargs, cwd=tmp_path, preexec=_limit_file_size(8192))
+    one_line(r, 5, "manifest.json")
+    assert sorted(p.name for p in out.iterdir()) == [], sorted(p.name for p in out.iterdir())
+    # the cause gone, a rerun succeeds
+    assert cli(*jargs, cwd=tmp_path).returncode == 0
+    assert json.loads((out / "manifest.json").read_text())["conversations"]["skipped"] == 3999
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_tally():
+    yield
+    if TALLY:
+        print("\nhostile-input outcomes:", ", ".join(f"{k}: {v}" for k, v in sorted(TALLY.items())))

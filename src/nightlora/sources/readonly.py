@@ -19,13 +19,17 @@ BUSY_TIMEOUT_S = 5.0
 
 
 def check_columns(conn: sqlite3.Connection, path: Path, what: str, required: Mapping[str, set[str]]) -> None:
+    problems = []  # all at once: a database of another app version may lack several
     for table, needed in required.items():
         have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
         if not have:
-            raise SourceError(f"{path} is not {what} (no {table} table)")
+            problems.append(f"no {table} table")
+            continue
         missing = sorted(needed - have)
         if missing:
-            raise SourceError(f"{path} is not {what} ({table} lacks {', '.join(missing)})")
+            problems.append(f"{table} lacks {', '.join(missing)}")
+    if problems:
+        raise SourceError(f"{path} is not {what} ({'; '.join(problems)})")
 
 
 @contextlib.contextmanager

@@ -20,10 +20,15 @@ from typing import Any
 from nightlora.dataset.messages import BadConversation, Message
 
 ROLES = ("user", "assistant", "system")
-_REMOVED_DETAILS = re.compile(r'<details\s+type="(?:reasoning|code_interpreter)"[^>]*>.*?</details>', re.I | re.S)
-_TOOL_DETAILS = re.compile(r'<details\s+type="tool_calls"([^>]*)>(.*?)</details>', re.I | re.S)
+# The opening tags of the <details> blocks the front end rewrites; each block ends at the first
+# </details> after its opening tag's ">" (what the lazy regexes `<details type="..."[^>]*>.*?</details>`
+# match), found by a linear scan: those regexes took quadratic time on many unclosed tags.
+_REMOVED_OPEN = re.compile(r'<details\s+type="(?:reasoning|code_interpreter)"', re.I)
+_TOOL_OPEN = re.compile(r'<details\s+type="tool_calls"', re.I)
+_CLOSE = re.compile(r"</details>", re.I)
+_SUMMARY_OPEN = re.compile(r"<summary>", re.I)
+_SUMMARY_CLOSE = re.compile(r"</summary>", re.I)
 _ATTRIBUTE = re.compile(r'(\w+)="([^"]*)"')
-_BODY = re.compile(r"<summary>.*?</summary>\s*(.*?)\s*$", re.I | re.S)
 
 
 def _text(value: Any) -> str:
@@ -60,19 +65,51 @@ def _arguments(args: Any) -> str | dict[str, Any]:
     return args
 
 
+def _blocks(content: str, opener: re.Pattern[str]):
+    """(start, end, attributes, body) of each complete block, left to right, not overlapping."""
+    pos = 0
+    while True:
+        m = opener.search(content, pos)
+        if m is None:
+            return
+        gt = content.find(">", m.end())
+        if gt < 0:
+            return  # no later opening tag can be complete either
+        close = _CLOSE.search(content, gt + 1)
+        if close is None:
+            return
+        yield m.start(), close.end(), content[m.end():gt], content[gt + 1:close.start()]
+        pos = close.end()
+
+
+def _replace_blocks(content: str, opener: re.Pattern[str], replace) -> str:
+    out, pos = [], 0
+    for start, end, attributes, body in _blocks(content, opener):
+        out += [content[pos:start], replace(content[start:end], attributes, body)]
+        pos = end
+    out.append(content[pos:])
+    return "".join(out)
+
+
+def _summary_rest(body: str) -> str:
+    """What follows the block's <summary>...</summary>, stripped ("" when it has none)."""
+    opened = _SUMMARY_OPEN.search(body)
+    closed = _SUMMARY_CLOSE.search(body, opened.end()) if opened else None
+    return body[closed.end():].strip() if closed else ""
+
+
 def process_details(content: str) -> str:
     """The front end's processDetails: reasoning blocks out, tool-call blocks -> their result."""
-    content = _REMOVED_DETAILS.sub("", content).strip()
+    content = _replace_blocks(content, _REMOVED_OPEN, lambda whole, attributes, body: "").strip()
 
-    def result(match: re.Match[str]) -> str:
-        attributes = dict(_ATTRIBUTE.findall(match.group(1)))
-        if attributes.get("result"):
-            return html.unescape(attributes["result"])
-        body = _BODY.search(match.group(2))
-        text = body.group(1).strip() if body else ""
-        return html.unescape(text) if text else match.group(0)
+    def result(whole: str, attributes: str, body: str) -> str:
+        found = dict(_ATTRIBUTE.findall(attributes))
+        if found.get("result"):
+            return html.unescape(found["result"])
+        text = _summary_rest(body)
+        return html.unescape(text) if text else whole
 
-    return _TOOL_DETAILS.sub(result, content)
+    return _replace_blocks(content, _TOOL_OPEN, result)
 
 
 def _content_text(content: Any) -> str:
