@@ -85,8 +85,13 @@ class HanniSnapshot:
     def cases(self) -> Mapping[str, int]:
         # Hanni's feedback problems are the dataset rules' own (feedback_* under skipped), but for
         # rows whose id is not an integer, which no night can count, mark or consume.
+        cases = {}
         bad = db.bad_id_feedback_count(self.conn)
-        return {"feedback_bad_id": bad} if bad else {}
+        if bad:
+            cases["feedback_bad_id"] = bad
+        if not db.has_exported(self.conn):  # said in the manifest: the app's flag cannot be read or set
+            cases[db.NO_EXPORTED_COLUMN] = self.conn.execute("SELECT COUNT(*) FROM message_feedback").fetchone()[0]
+        return cases
 
 
 class HanniSource:
