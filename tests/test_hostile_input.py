@@ -572,3 +572,14 @@ def _report_tally():
     yield
     if TALLY:
         print("\nhostile-input outcomes:", ", ".join(f"{k}: {v}" for k, v in sorted(TALLY.items())))
+
+
+@pytest.mark.parametrize("name", ["train.jsonl"])
+def test_an_output_folder_whose_files_are_the_database_is_refused(tmp_path: Path, name: str) -> None:
+    db = tmp_path / name  # the app's database, named like one of the export's files
+    build_demo_db(db, conversations=20)
+    before = db.read_bytes()
+    one_line(cli("export", "--db", str(db), "--out", str(tmp_path), cwd=tmp_path), 5, "would overwrite the database")
+    assert db.read_bytes() == before
+    # an output path under a file: one line too
+    one_line(cli("export", "--db", str(db), "--out", str(db / "sub"), cwd=tmp_path), 5, str(db / "sub"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -146,6 +147,20 @@ class ExportResult:
         return {"out_dir": str(self.out_dir), "manifest_path": str(self.manifest_path), **self.manifest}
 
 
+def _refuse_overwriting_the_source(source: Source, out_dir: Path) -> None:
+    """The app's database named like one of the export's files, in the output folder: never replace it."""
+    db = Path(source.location)
+    for name in DATASET_FILES:
+        target = out_dir / name
+        try:
+            same = target.exists() and db.exists() and os.path.samefile(target, db)
+        except OSError:
+            same = False
+        if same or target.absolute() == db.absolute():
+            raise ExportError(f"the export would overwrite the database {db} (it is {target}): "
+                              "choose another --out folder")
+
+
 def export_dataset(
     source: Source,
     out_dir: Path,
@@ -166,6 +181,7 @@ def export_dataset(
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     warnings = list(warnings or [])
     out_dir = Path(out_dir)
+    _refuse_overwriting_the_source(source, out_dir)
     try:
         if not out_dir.exists():
             private_dir(out_dir)
