@@ -583,3 +583,95 @@ def test_an_output_folder_whose_files_are_the_database_is_refused(tmp_path: Path
     assert db.read_bytes() == before
     # an output path under a file: one line too
     one_line(cli("export", "--db", str(db), "--out", str(db / "sub"), cwd=tmp_path), 5, str(db / "sub"))
+
+
+# --- the tool's own files edited by hand or by another tool --------------------------------------
+
+CRON_LINES = {
+    "commented out": ("# 0 3 * * * /py -m nightlora run # nightlora nightly", False, None),
+    "@daily": ("@daily /py -m nightlora run # nightlora nightly", True, "@daily"),
+    "ranges and steps": ("*/15 1-3 * * * /py -m nightlora run # nightlora nightly", True, "*/15 1-3 * * *"),
+    "plain": ("5 3 * * * /py -m nightlora run # nightlora nightly", True, "03:05"),
+}
+
+
+@pytest.mark.parametrize("case", list(CRON_LINES))
+def test_crontab_lines_edited_by_hand(tmp_path: Path, case: str) -> None:
+    from nightlora.schedule import CronSchedule
+    from server_fixtures import RecordingRunner
+
+    line, installed, at = CRON_LINES[case]
+    st = CronSchedule(["/py"], tmp_path, RecordingRunner().on(["crontab", "-l"], 0, f"MAILTO=x\n{line}\n")).status()
+    assert (st.installed, st.at) == (installed, at)
+
+
+@pytest.mark.parametrize("case", ["not UTF-8", "a folder", "a FIFO"])
+def test_a_systemd_timer_file_that_cannot_be_read(tmp_path: Path, case: str) -> None:
+    from nightlora.schedule import SystemdSchedule
+    from server_fixtures import RecordingRunner
+
+    s = SystemdSchedule(["/py"], RecordingRunner(), unit_dir=tmp_path)
+    {"not UTF-8": lambda p: p.write_bytes(b"[Timer]\nOnCalendar=\xff\n"), "a folder": lambda p: p.mkdir(),
+     "a FIFO": lambda p: os.mkfifo(p)}[case](s.timer_path)
+    st = s.status()
+    assert st.installed and st.at is None and "schedule install" in st.notes[0]
+
+
+VERSION_JSON = ['{"data_counts": [1, 2]}', '{"data_counts": {"a": "x", "b": true}, "created_at": 5, "base_model": 7, '
+                '"eval_score": "high", "rejected": 3, "run_id": "x"}', "[1]", '"x"', "\xff", "[" * 5000, "FIFO"]
+
+
+@pytest.mark.parametrize("text", VERSION_JSON, ids=range(len(VERSION_JSON)))
+def test_version_json_with_wrong_types_is_read_as_unknown(tmp_path: Path, text: str) -> None:
+    from nightlora.state.store import AdapterStore
+
+    v = tmp_path / "v0001"
+    v.mkdir()
+    (v / "adapters.safetensors").write_bytes(b"x")
+    (v / "adapter_config.json").write_text("{}")
+    if text == "FIFO":
+        os.mkfifo(v / "version.json")
+    else:
+        (v / "version.json").write_bytes(text.encode("utf-8", "surrogateescape") if text != "\xff" else b"\xff")
+    store = AdapterStore(tmp_path)
+    store.set_current("v0001")
+    (got,) = store.list()
+    assert got.created_at is None or isinstance(got.created_at, str)
+    assert all(isinstance(n, int) for n in got.data_counts.values()) and got.eval_score is None
+    assert json.dumps(got.to_dict())  # what `nightlora adapters --json` prints
+
+
+TRAIN_LINES = {
+    "not UTF-8": (b"\xff\xfe\n", "not UTF-8"),
+    "nested too deep": (b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+    "lone surrogate": (b'{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "x"}]}\n',
+                       "surrogate"),
+    "content a number": (b'{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}\n',
+                         "text content"),
+    "messages a number": (b'{"messages": 5}\n', "messages"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_LINES))
+def test_training_data_that_is_not_what_export_writes(tmp_path: Path, case: str) -> None:
+    from nightlora.errors import TrainError
+    from nightlora.train.splits import read_splits
+
+    raw, words = TRAIN_LINES[case]
+    (tmp_path / "train.jsonl").write_bytes(raw)
+    with pytest.raises(TrainError, match=words) as e:
+        read_splits(tmp_path)
+    assert "train.jsonl:1" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_infinite_numbers_in_the_config_are_refused(value: str) -> None:
+    from nightlora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(None, environ={}, overrides={"train.epochs": float(value)})
+
+
+def test_init_where_no_file_can_be_written(tmp_path: Path) -> None:
+    (tmp_path / "a file").write_text("")
+    one_line(cli("init", "--path", str(tmp_path / "a file" / "nightlora.toml"), cwd=tmp_path), 3, "cannot write")

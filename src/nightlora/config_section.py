@@ -27,7 +27,8 @@ def _has_nul(value: Any) -> bool:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # inf and nan are no number of epochs, steps, seconds or megabytes
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     @field_validator("*", mode="after")
     @classmethod
