@@ -1,9 +1,9 @@
-"""Private data stays private: owner-only files whatever the umask, no message text in logs,
-servers on loopback, adapters only from safetensors, and permission problems as another user.
+"""Private data stays private: servers on loopback, adapters only from safetensors, and
+permission problems as another user.  (Owner-only files under umask 000 and no message text in
+logs are checked on a whole night in test_odd_paths.py.)
 
-Real `nightlora` subprocesses on a real demo database and the tiny model (torch, 4 steps).
-CI runs as root: the permission cases run the child as uid 65534 (setpriv), where root's
-own rights would hide them.
+Real `nightlora` subprocesses.  CI runs as root: the permission cases run the child as uid 65534
+(setpriv), where root's own rights would hide them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
-import stat
 import subprocess
 import sys
 import tempfile
@@ -25,8 +23,6 @@ from nightlora.config import Config
 from nightlora.demo.database import build_demo_db
 
 NIGHTLORA = [sys.executable, "-m", "nightlora"]
-# In a user's message: must reach the dataset, and never a log, stderr or the status file.
-MARKER = "ZQX-private-Ханни-7731"
 
 
 def child_env(home: Path) -> dict[str, str]:
@@ -49,101 +45,6 @@ def one_line_error(r: subprocess.CompletedProcess, code: int, *words: str) -> No
     assert len(lines) == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
     for w in words:
         assert w in lines[0], lines[0]
-
-
-def not_private(*roots: Path) -> list[str]:
-    """Every file not 0600 and folder not 0700 under ``roots`` (themselves included); symlinks skipped."""
-    bad = []
-    for root in roots:
-        for p in [root, *root.rglob("*")]:
-            st = p.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            want = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
-            if stat.S_IMODE(st.st_mode) != want:
-                bad.append(f"{oct(stat.S_IMODE(st.st_mode))} {p}")
-    return bad
-
-
-def mark_user_messages(db: Path) -> int:
-    """Put MARKER into the first user message of every conversation (both of Hanni's formats)."""
-    conn = sqlite3.connect(db)
-    changed = 0
-    with conn:
-        for cid, raw in conn.execute("SELECT id, messages FROM conversations").fetchall():
-            try:
-                msgs = json.loads(raw)
-            except (TypeError, ValueError):
-                continue
-            for m in msgs if isinstance(msgs, list) else []:
-                if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
-                    m["content"] = f"{MARKER} {m['content']}"
-                elif isinstance(m, list) and len(m) == 2 and m[0] == "user" and isinstance(m[1], str):
-                    m[1] = f"{MARKER} {m[1]}"
-                else:
-                    continue
-                conn.execute("UPDATE conversations SET messages = ? WHERE id = ?",
-                             (json.dumps(msgs, ensure_ascii=False), cid))
-                changed += 1
-                break
-    conn.close()
-    return changed
-
-
-def holds_marker(text: str) -> bool:
-    return MARKER in text or json.dumps(MARKER)[1:-1] in text
-
-
-@pytest.mark.slow
-def test_everything_written_is_owner_only_under_umask_000_and_logs_hold_no_message_text(
-        tmp_path: Path, tiny_model_dir: Path) -> None:
-    env = child_env(tmp_path / "home")
-    data = tmp_path / "Hanni"
-    r = nightlora("demo-db", str(data / "hanni.db"), env=env, umask=0)
-    assert r.returncode == 0, r.stderr
-    assert mark_user_messages(data / "hanni.db") > 10
-    cfg = tmp_path / "nightlora.toml"
-    r = nightlora("--config", str(cfg), "init", "--preset", "hanni", env=env, umask=0)
-    assert r.returncode == 0, r.stderr
-    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600  # the config nightlora wrote
-    cfg.write_text(f"""
-[source]
-data_dir = {json.dumps(str(data))}
-[train]
-model = {json.dumps(str(tiny_model_dir))}
-backend = "torch"
-iters = 4
-batch_size = 4
-max_seq_length = 256
-[eval]
-gate = false
-[target]
-kind = "none"
-""")
-    out = tmp_path / "exports" / "tonight" / "data"  # missing parents: created owner-only too
-    streams = []
-    # --debug: nightlora has no debug logging of messages either; tracebacks carry no data
-    for args in (("--debug", "export", "--out", str(out)), ("run",), ("status",), ("report",), ("adapters",),
-                 ("train", "--data", str(out), "--iters", "2")):
-        r = nightlora("--config", str(cfg), *args, env=env, umask=0)
-        assert r.returncode == 0, (args, r.stderr[-3000:])
-        streams += [r.stdout, r.stderr]
-
-    state = data / "nightlora"
-    (run_dir,) = (state / "runs").iterdir()
-    assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"
-    assert (state / "adapters" / "v0001" / "adapters.safetensors").is_file()
-    assert any((state / "adapters-staging").iterdir())  # `nightlora train` without --out
-    assert any((state / "cache").iterdir())  # the base model's answers to the general prompts
-    assert holds_marker((out / "train.jsonl").read_text(encoding="utf-8"))  # the marker reached the data
-    assert not_private(data, out, tmp_path / "exports") == []
-
-    logs = [run_dir / "run.log", state / "status.json", run_dir / "result.json", *state.glob("logs/*")]
-    assert (run_dir / "run.log").stat().st_size > 0
-    for path in logs:
-        assert not holds_marker(path.read_text(encoding="utf-8")), path
-    for text in streams:
-        assert not holds_marker(text)
 
 
 def test_the_managed_servers_bind_to_loopback_unless_configured(tmp_path: Path) -> None:
