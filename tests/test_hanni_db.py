@@ -66,7 +66,7 @@ def test_a_database_without_hanni_tables(tmp_path: Path):
     with sqlite3.connect(tmp_path / "y.db") as conn:
         conn.execute("CREATE TABLE conversations (id INTEGER PRIMARY KEY, started_at TEXT, messages TEXT)")
         conn.execute("CREATE TABLE message_feedback (id INTEGER PRIMARY KEY, rating INTEGER)")
-    with pytest.raises(SourceError, match="message_feedback lacks conversation_id, exported, message_index") as e:
+    with pytest.raises(SourceError, match="message_feedback lacks conversation_id, message_index") as e:
         with open_snapshot(tmp_path / "y.db"):
             pass
     assert "\n" not in str(e.value)

@@ -150,13 +150,18 @@ def resolve_model(model: str, models_dir: Path) -> Path:
     """A local folder, or the prepared folder of a known name, or a hub id already in the local
     cache. Never a download.  The one resolver, for training and serving alike."""
     p = Path(model).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ModelError(f"{p} is not a model folder (no config.json)")
-        return p
-    prepared = Path(models_dir).expanduser() / model
-    if (prepared / MODEL_INFO).is_file():
-        return prepared
+    try:
+        if p.is_dir():
+            if not os.access(p, os.R_OK | os.X_OK) or ((p / "config.json").exists() and not os.access(p / "config.json", os.R_OK)):
+                raise ModelError(f"cannot read the model folder {p}: permission denied")
+            if not (p / "config.json").is_file():
+                raise ModelError(f"{p} is not a model folder (no config.json)")
+            return p
+        prepared = Path(models_dir).expanduser() / model
+        if (prepared / MODEL_INFO).is_file():
+            return prepared
+    except (OSError, ValueError) as e:  # a folder we may not enter; a NUL byte in the name
+        raise ModelError(f"cannot read the model folder {p}: {getattr(e, 'strerror', None) or e}") from None
     if model in KNOWN_MODELS:
         raise ModelError(f"model {model!r} is not prepared yet: run `nightlora model prepare {model}`")
     try:  # a hub id is accepted only when it is already in the local Hugging Face cache

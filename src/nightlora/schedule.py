@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal, Protocol
 from nightlora.config_section import parse_hh_mm
 from nightlora.errors import ScheduleError
 from nightlora.paths import StatePaths
-from nightlora.platform.fsutil import atomic_write_bytes, atomic_write_text, private_dir
+from nightlora.platform.fsutil import atomic_write_bytes, atomic_write_text, private_dir, read_regular_bytes
 from nightlora.platform.runner import CommandRunner
 from nightlora.targets.mlx_lm.launchd import BOOTOUT_NOT_LOADED, plist_bytes
 from nightlora.targets.mlx_lm.systemd import exec_line, user_unit_dir
@@ -206,7 +206,13 @@ class SystemdSchedule:
         if not self.timer_path.exists():
             return ScheduleStatus("systemd", False)
         at = None
-        for line in self.timer_path.read_text(encoding="utf-8").splitlines():
+        try:
+            text = read_regular_bytes(self.timer_path, 1 << 20).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
+            return ScheduleStatus("systemd", True, None, None, [str(self.service_path), str(self.timer_path)], self.argv,
+                                  [f"cannot read {self.timer_path}: {reason}; `nightlora schedule install` rewrites it"])
+        for line in text.splitlines():
             if line.startswith("OnCalendar="):
                 clock = line.split()[-1]
                 at = clock[:5]
@@ -250,9 +256,13 @@ class CronSchedule:
     def status(self) -> ScheduleStatus:
         r = self.runner.run(["crontab", "-l"], timeout=30)
         for line in r.stdout.splitlines() if r.ok else []:
-            if line.rstrip().endswith(CRON_MARK):
-                m, h = line.split()[:2]
-                return ScheduleStatus("cron", True, f"{int(h):02d}:{int(m):02d}", None, [], self.argv, [line])
+            if line.rstrip().endswith(CRON_MARK) and not line.lstrip().startswith("#"):  # commented out: not installed
+                fields = line.split()
+                if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+                    at = f"{int(fields[1]):02d}:{int(fields[0]):02d}"
+                else:  # edited by hand: @daily, ranges, steps
+                    at = fields[0] if fields[0].startswith("@") else " ".join(fields[:5])
+                return ScheduleStatus("cron", True, at, None, [], self.argv, [line])
         return ScheduleStatus("cron", False, None, None, [], self.argv)
 
     def remove(self) -> ScheduleStatus:

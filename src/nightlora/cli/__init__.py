@@ -16,7 +16,7 @@ from nightlora.errors import NightloraError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
-    "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    "--config", "-c", "config_path", type=click.Path(path_type=Path, readable=False),  # a folder, a FIFO, no read permission: load_config says so (exit 3)
     envvar="NIGHTLORA_CONFIG", help="TOML config file (default: $NIGHTLORA_CONFIG or the user config file).",
 )
 @click.option("--debug", is_flag=True, envvar="NIGHTLORA_DEBUG", help="Show tracebacks.")
@@ -47,8 +47,23 @@ def _register() -> None:
 _register()
 
 
+def _env_flag(value: str | None) -> bool:
+    """An on/off environment variable as click reads a flag's envvar: "0", "false", "no", "off" and "" are off."""
+    return (value or "").strip().lower() not in ("", "0", "false", "no", "off", "n", "f")
+
+
 def main(argv: list[str] | None = None) -> int:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("NIGHTLORA_DEBUG"))
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or _env_flag(os.environ.get("NIGHTLORA_DEBUG"))
+    # Everything nightlora writes holds the user's conversations: owner-only whatever the caller's
+    # umask (fsutil sets explicit modes too, for what is written in process by other callers).
+    umask = os.umask(0o077)
+    try:
+        return _main(argv, debug)
+    finally:
+        os.umask(umask)  # for callers in process (tests); the command's own process ends here
+
+
+def _main(argv: list[str] | None, debug: bool) -> int:
     try:
         cli.main(args=argv, prog_name="nightlora", standalone_mode=False)
         return 0

@@ -73,7 +73,10 @@ def init(state: AppState, preset: str, path: Path | None, db: Path | None, force
     if preset == "openwebui" and db is None:
         db = _find_webui_db()
     text = preset_toml(preset, db=db.expanduser().absolute() if db is not None else None)
-    atomic_write_text(target, text)
+    try:
+        atomic_write_text(target, text)
+    except OSError as e:  # a path under a file, a folder we may not write, a full disk
+        raise ConfigError(f"cannot write the config file {target}: {e.strerror or e}") from None
     load_config(target, environ={})  # what we write must load
     click.echo(f"wrote {target}")
 

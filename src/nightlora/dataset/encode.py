@@ -91,6 +91,11 @@ def convert(conv: Conversation, system_prompt: str, split: tuple[int, int, int],
     )
     out.skip_reason, out.too_short, out.feedback_problems = ex.skip_reason, ex.too_short, ex.feedback_problems
     out.cases = ex.cases
-    out.lines = [(part, *encode_record(e)) for e in ex.examples]
-    out.lines += [(PREFERENCES_STEM, *encode_record(p)) for p in ex.preferences]
+    try:
+        out.lines = [(part, *encode_record(e)) for e in ex.examples]
+        out.lines += [(PREFERENCES_STEM, *encode_record(p)) for p in ex.preferences]
+    except (UnicodeEncodeError, RecursionError, ValueError, TypeError):
+        # What a source let through that no JSON line can hold (a lone surrogate, nesting past any
+        # encoder's limit): the conversation is skipped and counted, never a failed export.
+        out.lines, out.skip_reason = [], "unencodable"
     return out

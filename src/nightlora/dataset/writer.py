@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from nightlora.dataset.encode import Converted, convert
 from nightlora.dataset.manifest import MANIFEST_FORMAT, write_manifest
 from nightlora.dataset.system_prompt import SystemPrompt
 from nightlora.errors import ExportError
-from nightlora.paths import DATASET_FILES, PREFERENCES_STEM, SPLITS
+from nightlora.paths import DATASET_FILES, MANIFEST, PREFERENCES_STEM, SPLITS
 from nightlora.platform.fsutil import atomic_open, private_dir
 from nightlora.sources.base import Source
 
@@ -146,6 +147,20 @@ class ExportResult:
         return {"out_dir": str(self.out_dir), "manifest_path": str(self.manifest_path), **self.manifest}
 
 
+def _refuse_overwriting_the_source(source: Source, out_dir: Path) -> None:
+    """The app's database named like one of the export's files, in the output folder: never replace it."""
+    db = Path(source.location)
+    for name in DATASET_FILES:
+        target = out_dir / name
+        try:
+            same = target.exists() and db.exists() and os.path.samefile(target, db)
+        except OSError:
+            same = False
+        if same or target.absolute() == db.absolute():
+            raise ExportError(f"the export would overwrite the database {db} (it is {target}): "
+                              "choose another --out folder")
+
+
 def export_dataset(
     source: Source,
     out_dir: Path,
@@ -166,6 +181,7 @@ def export_dataset(
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     warnings = list(warnings or [])
     out_dir = Path(out_dir)
+    _refuse_overwriting_the_source(source, out_dir)
     try:
         if not out_dir.exists():
             private_dir(out_dir)
@@ -184,15 +200,33 @@ def export_dataset(
         elsewhere = len(snap.marked_elsewhere())
         t_snapshot = time.monotonic()
         try:
-            with contextlib.ExitStack() as stack:
-                dataset = _Dataset(stack, out_dir)
-                for conv in snap.conversations():
-                    dataset.add(convert(conv, prompt.text, split, min_messages, window))
-                dataset.cases.update(snap.cases())
-                dataset.flush()
-            dataset.remove_unwritten()
-        except OSError as e:
-            raise ExportError(f"cannot write the dataset to {out_dir}: {e.strerror or e}") from None
+            # From now until the new manifest is in place the folder is no complete dataset: an
+            # earlier export's manifest must never describe files this one replaces.
+            (out_dir / MANIFEST).unlink(missing_ok=True)
+            return _write(snap, out_dir, prompt, min_messages, split, warnings, window,
+                          gate, seen, orphans, elsewhere, t0, t_snapshot, created_at, source)
+        except BaseException:
+            # A full disk, SIGTERM, a source error half-way: each file is renamed into place only
+            # when complete, not all at once; leave no mix of new and old files to be read.
+            for name in DATASET_FILES:
+                with contextlib.suppress(OSError):
+                    (out_dir / name).unlink(missing_ok=True)
+            raise
+
+
+def _write(snap: Any, out_dir: Path, prompt: SystemPrompt, min_messages: int, split: tuple[int, int, int],
+           warnings: list[str], window: int | None, gate: Any, seen: Any, orphans: int, elsewhere: int,
+           t0: float, t_snapshot: float, created_at: str, source: Source) -> ExportResult:
+    try:
+        with contextlib.ExitStack() as stack:
+            dataset = _Dataset(stack, out_dir)
+            for conv in snap.conversations():
+                dataset.add(convert(conv, prompt.text, split, min_messages, window))
+            dataset.cases.update(snap.cases())
+            dataset.flush()
+        dataset.remove_unwritten()
+    except OSError as e:
+        raise ExportError(f"cannot write the dataset to {out_dir}: {e.strerror or e}") from None
     t_done = time.monotonic()
 
     manifest: dict[str, Any] = {

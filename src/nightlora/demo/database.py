@@ -31,7 +31,7 @@ from nightlora.demo.persona import (
     ACK, CLOSINGS, CORRECTION, FACTS, GREETINGS, PROACTIVE, SMALL_TALK, SYSTEM_PROMPT, Fact,
 )
 from nightlora.errors import SourceError
-from nightlora.platform.fsutil import PRIVATE_FILE, atomic_write_text
+from nightlora.platform.fsutil import PRIVATE_FILE, atomic_write_text, private_mkdirs
 from nightlora.sources.hanni.db import SCHEMA_SQL
 from nightlora.sources.hanni.messages import PROACTIVE_MARKER
 from nightlora.sources.hanni.schema import APP_SCHEMA_SQL
@@ -387,7 +387,7 @@ def build_demo_db(path: Path, *, conversations: int = 90, seed: int = 0, force: 
     rows = _rows(conversations, seed)
     edits = _later_edits(rows)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_mkdirs(path.parent)
         changed = write_hanni_db(path, rows.conversations, rows.feedback, app_schema=True, journal_mode="wal", then=edits)
         atomic_write_text(prompt_path, SYSTEM_PROMPT + "\n")
         atomic_write_text(

@@ -30,7 +30,7 @@ from typing import Any
 
 from nightlora.demo.persona import ACK, CLOSINGS, CORRECTION, FACTS, GREETINGS, SMALL_TALK, Fact
 from nightlora.errors import SourceError
-from nightlora.platform.fsutil import PRIVATE_FILE, atomic_write_text
+from nightlora.platform.fsutil import PRIVATE_FILE, atomic_write_text, private_mkdirs
 from nightlora.sources.openwebui.schema import ALEMBIC_HEAD, APP_SCHEMA_SQL
 
 MIN_CHATS = 20
@@ -348,7 +348,7 @@ def build_openwebui_db(path: Path, *, chats: int = 40, seed: int = 0, force: boo
     extra, extra_chats = _stale_and_malformed(built, ids, dmitry)
     feedback += extra
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_mkdirs(path.parent)
         _write(path, users, built, extra_chats, feedback)
         atomic_write_text(probe_path, "".join(
             json.dumps({"question": f.probe, "answer": f.answer, "fact": f.key}, ensure_ascii=False) + "\n" for f in FACTS))

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nightlora.errors import LockError
+from nightlora.errors import LockError, StateError
 from nightlora.paths import StatePaths
 from nightlora.platform.fsutil import PRIVATE_FILE, private_dir
 from nightlora.platform.processes import process_identity
@@ -74,8 +74,11 @@ class RunLock:
     def acquire(self) -> "RunLock":
         if self._fd is not None:
             raise LockError(f"{self.path} is already held by this run")
-        private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+        try:
+            private_dir(self.path.parent)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+        except OSError as e:  # a state folder we may not write (another user's, read-only)
+            raise StateError(f"cannot create the run lock {self.path}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

@@ -20,7 +20,7 @@ from nightlora.config import Config
 from nightlora.errors import Interrupted, NightloraError
 from nightlora.paths import RunPaths, StatePaths
 from nightlora.pipeline.result import RunResult
-from nightlora.platform.fsutil import atomic_write_json, private_dir
+from nightlora.platform.fsutil import atomic_write_json, open_private_append, private_dir
 from nightlora.platform.memory import MemoryInfo
 from nightlora.platform.notify import Notifier, announce_back
 from nightlora.platform.power import PowerState
@@ -98,7 +98,7 @@ def _with_run_log(deps: RunDeps, path: Path) -> RunDeps:
     console = deps.log
 
     def log(msg: str) -> None:
-        with open(path, "a", encoding="utf-8") as f:
+        with open_private_append(path) as f:
             f.write(f"{datetime.now().isoformat(timespec='seconds')} {msg}\n")
         console(msg)
 

@@ -23,7 +23,7 @@ import signal
 from typing import Any, Iterator
 
 from nightlora.config import Config
-from nightlora.errors import Interrupted
+from nightlora.errors import Interrupted, StateError
 from nightlora.paths import StatePaths
 from nightlora.pipeline.lock import RunLock
 from nightlora.pipeline.night import RunDeps, open_night
@@ -62,7 +62,11 @@ def _signals_raise() -> Iterator[None]:
 
 def run_nightly(cfg: Config, deps: RunDeps, *, force: bool = False) -> RunResult:
     """One night. Returns a RunResult; raises only NightloraError (after cleaning up)."""
-    state = StatePaths(private_dir(cfg.source.state_path))
+    try:
+        state = StatePaths(private_dir(cfg.source.state_path))
+    except OSError as e:
+        raise StateError(f"cannot create nightlora's state folder {cfg.source.state_path}: {e.strerror or e} "
+                         "(source.state_dir: a folder this user may write)") from None
     with RunLock(state.lock) as lock, _signals_raise():
         if lock.stale is not None:
             deps.log(f"a previous run ({lock.stale.describe()}) ended without releasing the lock; cleared")

@@ -40,12 +40,74 @@ def read_regular_bytes(path: Path, limit: int | None = None) -> bytes:
         os.close(fd)
 
 
-def private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) readable by the owner only."""
+def private_mkdirs(path: Path) -> Path:
+    """Create ``path`` and each missing parent 0700 whatever the umask (``mkdir -p`` makes parents
+    with the umask's mode); folders that exist are left as they are."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for p in reversed(missing):
+        try:
+            p.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            if not p.is_dir():
+                raise
+            continue
+        os.chmod(p, PRIVATE_DIR)  # mkdir's mode is masked by the umask
+    return path
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) readable by the owner only; an existing ``path`` is made 0700."""
+    path = private_mkdirs(path)
     os.chmod(path, PRIVATE_DIR)
     return path
+
+
+def make_private_tree(root: Path) -> None:
+    """Files 0600 and folders 0700 under ``root`` (itself included), for what libraries wrote with
+    the umask's modes (save_pretrained, safetensors) or what moved in with its own.  Symlinks are
+    left alone (their mode means nothing; their targets are checked where they live)."""
+    root = Path(root)
+    if root.is_symlink():
+        return
+    if not root.is_dir():
+        os.chmod(root, PRIVATE_FILE)
+        return
+    os.chmod(root, PRIVATE_DIR)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, PRIVATE_DIR)
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, PRIVATE_FILE)
+
+
+def create_private_file(path: Path) -> Path:
+    """Make sure ``path`` exists as an owner-only file before a library (sqlite3) opens it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
+    return Path(path)
+
+
+def open_private_append(path: Path) -> IO[str]:
+    """A text file opened for appending, created 0600 (an existing one is made 0600): logs."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -55,7 +117,7 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> 
     Readers see either the old file or the complete new one, never a half-written one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_mkdirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, PRIVATE_FILE)
@@ -96,11 +158,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     ``final`` must not exist yet (adapter versions are never overwritten).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    private_mkdirs(final.parent)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     os.chmod(tmp, PRIVATE_DIR)
     try:
         yield tmp
+        make_private_tree(tmp)  # what libraries wrote inside (save_pretrained...) got the umask's modes
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -114,7 +177,7 @@ def append_private_line(path: Path, line: str) -> None:
     and a kill leaves at most one truncated last line, which readers skip.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    private_mkdirs(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
     try:
         os.fchmod(fd, PRIVATE_FILE)

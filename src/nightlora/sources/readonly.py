@@ -8,6 +8,7 @@ every query of a night sees the same moment.  In WAL mode the app keeps writing 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -18,13 +19,17 @@ BUSY_TIMEOUT_S = 5.0
 
 
 def check_columns(conn: sqlite3.Connection, path: Path, what: str, required: Mapping[str, set[str]]) -> None:
+    problems = []  # all at once: a database of another app version may lack several
     for table, needed in required.items():
         have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
         if not have:
-            raise SourceError(f"{path} is not {what} (no {table} table)")
+            problems.append(f"no {table} table")
+            continue
         missing = sorted(needed - have)
         if missing:
-            raise SourceError(f"{path} is not {what} ({table} lacks {', '.join(missing)})")
+            problems.append(f"{table} lacks {', '.join(missing)}")
+    if problems:
+        raise SourceError(f"{path} is not {what} ({'; '.join(problems)})")
 
 
 @contextlib.contextmanager
@@ -33,6 +38,8 @@ def read_snapshot(db_path: Path, what: str, required: Mapping[str, set[str]]) ->
     path = Path(db_path)
     if not path.is_file():
         raise SourceError(f"{what[2:] if what.startswith('a ') else what} not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"cannot read {path}: permission denied (run nightlora as the user who owns it)")
     try:
         conn = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
                                isolation_level=None)
@@ -46,7 +53,11 @@ def read_snapshot(db_path: Path, what: str, required: Mapping[str, set[str]]) ->
         check_columns(conn, path, what, required)
         yield conn
     except sqlite3.Error as e:
-        raise SourceError(f"cannot read {path}: {e}") from None
+        hint = ""
+        if "readonly" in str(e) and not os.access(path.parent, os.W_OK):
+            # A WAL database is read through its -shm file, which SQLite creates beside it.
+            hint = f" (a WAL database needs its folder {path.parent} writable, or the app running, to be read)"
+        raise SourceError(f"cannot read {path}: {e}{hint}") from None
     finally:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")

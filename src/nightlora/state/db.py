@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from nightlora.errors import StateError
 from nightlora.paths import StatePaths
 from nightlora.platform.clock import now_local
-from nightlora.platform.fsutil import private_dir
+from nightlora.platform.fsutil import create_private_file, private_dir
 from nightlora.state.migrations import migrate
 
 BUSY_TIMEOUT_S = 5.0
@@ -56,10 +56,21 @@ _UPDATABLE = frozenset(_RUN_COLUMNS) - {"id", "started_at"}
 class StateDB:
     def __init__(self, path: Path):
         self.path = Path(path)
-        private_dir(self.path.parent)
-        self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+        try:
+            private_dir(self.path.parent)
+            create_private_file(self.path)  # sqlite3 would create it 0644; its -wal and -journal take its mode
+        except OSError as e:
+            raise StateError(f"cannot use nightlora's state folder {self.path.parent}: {e.strerror or e}") from None
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+        except sqlite3.Error as e:
+            raise StateError(f"cannot open nightlora's state database {self.path}: {e}") from None
         self.conn.row_factory = sqlite3.Row
-        migrate(self.conn)
+        try:
+            migrate(self.conn)
+        except sqlite3.Error as e:
+            self.conn.close()
+            raise StateError(f"cannot use nightlora's state database {self.path}: {e}") from None
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> "StateDB":

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 from nightlora.errors import StoreError
 from nightlora.paths import AdapterFiles, StatePaths
-from nightlora.platform.fsutil import atomic_dir, atomic_write_json, private_dir, remove_stale_temp
+from nightlora.platform.fsutil import atomic_dir, atomic_write_json, private_dir, read_regular_bytes, remove_stale_temp
 
 TRAINER_META = AdapterFiles.TRAINER_META
 VERSION_META = AdapterFiles.VERSION_META
@@ -81,7 +81,9 @@ class Version:
     def adapter_dir(self, fmt: str) -> Path:
         """The folder of this version's adapter in ``fmt`` (StoreError if the version lacks it)."""
         if fmt not in self.formats:
-            raise StoreError(f"{self.name} has no {fmt} adapter (it has: {', '.join(self.formats) or 'none'})")
+            files = ", ".join(AdapterFiles.REQUIRED[fmt]) if fmt in AdapterFiles.REQUIRED else fmt
+            raise StoreError(f"{self.name} has no {fmt} adapter ({files}; adapters load only from safetensors files; "
+                             f"it has: {', '.join(self.formats) or 'none'})")
         return format_dir(self.path, fmt)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,11 +94,9 @@ class Version:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError):
+    try:  # a regular file only (a FIFO would block), of a sensible size
+        data = json.loads(read_regular_bytes(path, 1 << 24).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # missing, unreadable, not UTF-8, not JSON, nested too deep
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -142,16 +142,18 @@ class AdapterStore:
         assert m, path
         meta = _read_json(path / VERSION_META)
         trainer = _read_json(path / TRAINER_META)
-        counts = meta.get("data_counts") or {}
+        # version.json is ours, but a hand edit or another tool may leave any JSON in it: wrong types are unknown values
+        counts = meta.get("data_counts") if isinstance(meta.get("data_counts"), dict) else {}
         score = meta.get("eval_score")
+        text = lambda key: meta.get(key) if isinstance(meta.get(key), str) else None  # noqa: E731
         return Version(
             name=path.name,
             number=int(m.group(1)),
             path=path,
-            created_at=meta.get("created_at"),
-            base_model=meta.get("base_model") or _base_model_of(trainer, _adapter_config(path)),
-            data_counts={str(k): int(v) for k, v in counts.items() if isinstance(v, int)},
-            eval_score=float(score) if isinstance(score, (int, float)) else None,
+            created_at=text("created_at"),
+            base_model=text("base_model") or _base_model_of(trainer, _adapter_config(path)),
+            data_counts={str(k): v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool)},
+            eval_score=float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None,
             run_id=meta.get("run_id") if isinstance(meta.get("run_id"), int) else None,
             rejected=meta.get("rejected") if isinstance(meta.get("rejected"), str) else None,
             trainer=trainer,

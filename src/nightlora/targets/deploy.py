@@ -169,6 +169,9 @@ def deploy(
 ) -> DeployResult:
     """Serve ``version``; on failure fall back to the version live before, then to no adapter."""
     wanted = store.get(version.name if isinstance(version, Version) else version)
+    # Adapters load only from safetensors files (never a pickle: adapter_model.bin, *.pt): a version
+    # without them in the target's format is refused before anything moves.
+    wanted.adapter_dir(target.adapter_format)
     before = store.current()
     if not target.managed:
         store.set_current(wanted)

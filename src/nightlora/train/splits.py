@@ -21,7 +21,35 @@ def _check_record(record: object, where: str) -> dict:
     last = record["messages"][-1]
     if not isinstance(last, dict) or last.get("role") != "assistant":
         raise TrainError(f"{where}: the last message must be the assistant's (the target)")
+    for msg in record["messages"]:
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) \
+                or not isinstance(msg.get("content", ""), (str, type(None))):
+            raise TrainError(f"{where}: each message must be an object with a role and text content")
+    try:  # a JSON escape can hold a lone surrogate, which no tokenizer takes
+        json.dumps(record["messages"], ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise TrainError(f"{where}: text that is not valid Unicode (a lone surrogate)") from None
     return record
+
+
+def _json_lines(path: Path):
+    """(line number, parsed JSON) of each non-blank line; a bad line is a one-line TrainError naming it."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise TrainError(f"cannot read {path}: {e.strerror or e}") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise TrainError(f"{path}:{lineno}: not UTF-8 text") from None
+            except RecursionError:
+                raise TrainError(f"{path}:{lineno}: JSON nested too deeply") from None
+            except json.JSONDecodeError as e:
+                raise TrainError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
 
 
 def read_split(dataset_dir: Path, split: str) -> list[dict]:
@@ -34,17 +62,7 @@ def read_split(dataset_dir: Path, split: str) -> list[dict]:
         if split == "train":
             raise TrainError(f"{dataset_dir} has no train.jsonl: not a dataset written by `nightlora export`")
         return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            records.append(_check_record(record, f"{path}:{lineno}"))
-    return records
+    return [_check_record(record, f"{path}:{lineno}") for lineno, record in _json_lines(path)]
 
 
 def read_splits(dataset_dir: Path) -> dict[str, list[dict]]:
@@ -76,16 +94,9 @@ def read_preferences(dataset_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), list) \
-                    or not isinstance(record.get("rejected"), list):
-                raise TrainError(f"{path}:{lineno}: expected a preference record (prompt, chosen, rejected)")
-            out.append(record)
+    for lineno, record in _json_lines(path):
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), list) \
+                or not isinstance(record.get("rejected"), list):
+            raise TrainError(f"{path}:{lineno}: expected a preference record (prompt, chosen, rejected)")
+        out.append(record)
     return out

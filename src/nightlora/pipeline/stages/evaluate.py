@@ -25,10 +25,15 @@ from nightlora.train.convert import convert_adapter
 from nightlora.train.splits import read_splits
 
 
-def _live_dir(night: Night, live: Version, fmt: str, base_model: Path) -> Path:
-    """The live version's adapter in the scorer's format (converted into the run folder when the store lacks it)."""
+def _live_dir(night: Night, live: Version, fmt: str, base_model: Path) -> Path | None:
+    """The live version's adapter in the scorer's format (converted into the run folder when the store lacks it);
+    None when it has no complete adapter in safetensors (the candidate is then judged against the base model)."""
     if fmt in live.formats:
         return live.adapter_dir(fmt)
+    if not live.formats:
+        night.log(f"warning: the live version {live.name} has no complete adapter in safetensors "
+                  f"({live.path}); the candidate is compared with the base model only")
+        return None
     src_fmt = live.formats[0]
     return convert_adapter(live.adapter_dir(src_fmt), src_fmt, fmt, base_model, night.run.live_as(fmt))
 
@@ -54,8 +59,9 @@ def run(night: Night) -> str | None:
     scorer = trainer.scorer(train.base_model)
     try:
         models = [("base", None, None)]
-        if live is not None:
-            models.append(("live", _live_dir(night, live, scorer.adapter_format, train.base_model), live.name))
+        live_dir = _live_dir(night, live, scorer.adapter_format, train.base_model) if live is not None else None
+        if live is not None and live_dir is not None:
+            models.append(("live", live_dir, live.name))
         models.append(("candidate", train.adapter_dir, None))
         scores = evaluate(scorer, data, models, log=night.log)
     finally:

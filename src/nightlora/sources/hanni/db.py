@@ -64,13 +64,19 @@ CREATE TABLE IF NOT EXISTS flywheel_cycles (
 """
 
 # What the export reads; flywheel_cycles belongs to a later stage and is not required here.
+# ``exported`` is the app's flag, not needed to read: a database without it (another app version)
+# is read with every rating unexported, nightlora's own state recording what was used (has_exported).
 REQUIRED_COLUMNS = {
     "conversations": {"id", "started_at", "messages"},
-    "message_feedback": {"id", "conversation_id", "message_index", "rating", "exported"},
+    "message_feedback": {"id", "conversation_id", "message_index", "rating"},
 }
 
 # The app's default is 0; a NULL written by hand still means "not exported yet".
 UNEXPORTED = "COALESCE(exported, 0) = 0"
+NO_EXPORTED_COLUMN = "no_exported_column"  # the manifest's case when the app keeps no such flag
+# Hanni's ids are INTEGER PRIMARY KEYs; a copy made by another tool may hold text, NULL or real ids,
+# which no id range or key can name: such rows are left out of the gate and of what is seen, and counted.
+INTEGER_ID = "typeof(id) = 'integer'"
 
 
 def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
@@ -84,7 +90,21 @@ def open_snapshot(db_path: Path) -> ContextManager[sqlite3.Connection]:
 
 def feedback_high_water(conn: sqlite3.Connection) -> int | None:
     """The largest feedback id in the snapshot (None when there is no feedback at all)."""
-    return conn.execute("SELECT MAX(id) FROM message_feedback").fetchone()[0]
+    return conn.execute(f"SELECT MAX(id) FROM message_feedback WHERE {INTEGER_ID}").fetchone()[0]
+
+
+def bad_id_feedback_count(conn: sqlite3.Connection) -> int:
+    """Feedback rows whose id is not an integer (not written by Hanni): never counted, seen or marked."""
+    return conn.execute(f"SELECT COUNT(*) FROM message_feedback WHERE NOT {INTEGER_ID}").fetchone()[0]
+
+
+def has_exported(conn: sqlite3.Connection) -> bool:
+    """Whether the feedback table has the app's ``exported`` flag (every app version nightlora knows does)."""
+    return any(row[1] == "exported" for row in conn.execute("PRAGMA table_info(message_feedback)"))
+
+
+def _unexported(conn: sqlite3.Connection) -> str:
+    return UNEXPORTED if has_exported(conn) else "1"
 
 
 def has_updated_at(conn: sqlite3.Connection) -> bool:
@@ -116,7 +136,8 @@ def count_feedback(conn: sqlite3.Connection, min_feedback: int, consumed: Collec
     """The gate's counts, read inside the caller's snapshot: ratings 1 and -1 not yet used."""
     positive = negative = 0
     rows = conn.execute(
-        f"SELECT id, rating, {_updated_at_column(conn)} FROM message_feedback WHERE {UNEXPORTED} AND rating IN (1, -1)"
+        f"SELECT id, rating, {_updated_at_column(conn)} FROM message_feedback"
+        f" WHERE {_unexported(conn)} AND rating IN (1, -1) AND {INTEGER_ID}"
     )
     for fid, rating, updated_at in rows:
         if _is_consumed(consumed, fid, updated_at):
@@ -144,12 +165,14 @@ def seen_feedback(conn: sqlite3.Connection, consumed: Collection[str] = ()) -> S
     if has_updated_at(conn):
         keys = [
             feedback_key(fid, updated_at)
-            for fid, updated_at in conn.execute(f"SELECT id, updated_at FROM message_feedback WHERE {UNEXPORTED} ORDER BY id")
+            for fid, updated_at in conn.execute(
+                f"SELECT id, updated_at FROM message_feedback WHERE {_unexported(conn)} AND {INTEGER_ID} ORDER BY id")
             if not _is_consumed(consumed, fid, updated_at)
         ]
         return SeenFeedback(high_water, (), len(keys), tuple(keys))
     ranges = RangeBuilder()
-    for fid, unexported in conn.execute(f"SELECT id, {UNEXPORTED} FROM message_feedback ORDER BY id"):
+    for fid, unexported in conn.execute(
+            f"SELECT id, {_unexported(conn)} FROM message_feedback WHERE {INTEGER_ID} ORDER BY id"):
         if unexported and not _is_consumed(consumed, fid, None):
             ranges.add(fid)
         else:
@@ -160,8 +183,10 @@ def seen_feedback(conn: sqlite3.Connection, consumed: Collection[str] = ()) -> S
 def marked_elsewhere(conn: sqlite3.Connection, consumed: Collection[str] = ()) -> list[str]:
     """Feedback ids marked exported that nightlora never consumed: the app's export button, or its
     old nightly script (com.hanni.nightly-train), took them."""
+    if not has_exported(conn):
+        return []
     ours = {split_key(k)[0] for k in consumed if k.partition("@")[0].isdigit()}
-    return [str(fid) for (fid,) in conn.execute("SELECT id FROM message_feedback WHERE exported = 1 ORDER BY id")
+    return [str(fid) for (fid,) in conn.execute(f"SELECT id FROM message_feedback WHERE exported = 1 AND {INTEGER_ID} ORDER BY id")
             if fid not in ours]
 
 
@@ -172,6 +197,7 @@ class ConversationRow:
     messages: bytes | None
     feedback: dict[Any, Any]  # message_index -> rating, every feedback row of the conversation
     rated: bool
+    rowid: int | None = None
 
 
 def iter_conversations(conn: sqlite3.Connection) -> Iterator[ConversationRow]:
@@ -181,20 +207,21 @@ def iter_conversations(conn: sqlite3.Connection) -> Iterator[ConversationRow]:
     so SQLite's sorter never copies the message texts.
     """
     order = conn.execute(
-        "SELECT c.id, EXISTS (SELECT 1 FROM message_feedback f"
+        "SELECT c.rowid, c.id, EXISTS (SELECT 1 FROM message_feedback f"
         " WHERE f.conversation_id = c.id AND f.rating IN (1, -1)) AS rated,"
         " EXISTS (SELECT 1 FROM message_feedback f WHERE f.conversation_id = c.id)"
-        " FROM conversations c ORDER BY rated DESC, c.started_at, c.id"
+        " FROM conversations c ORDER BY rated DESC, c.started_at, c.id, c.rowid"
     )
     messages, feedback = conn.cursor(), conn.cursor()  # reused: a cursor per row costs more than the query
-    for cid, rated, has_feedback in order:
-        (raw,) = messages.execute("SELECT CAST(messages AS BLOB) FROM conversations WHERE id = ?", (cid,)).fetchone()
+    for rowid, cid, rated, has_feedback in order:
+        # By rowid: the same as id in Hanni's own table, and still one row where a copy's ids are NULL or repeated.
+        (raw,) = messages.execute("SELECT CAST(messages AS BLOB) FROM conversations WHERE rowid = ?", (rowid,)).fetchone()
         ratings = (
             dict(feedback.execute("SELECT message_index, rating FROM message_feedback WHERE conversation_id = ?", (cid,)))
             if has_feedback
             else {}
         )
-        yield ConversationRow(cid, raw, ratings, bool(rated))
+        yield ConversationRow(cid, raw, ratings, bool(rated), rowid)
 
 
 def orphan_feedback_count(conn: sqlite3.Connection) -> int:
@@ -229,6 +256,9 @@ def mark_exported(db_path: Path, seen: SeenFeedback | Sequence[tuple[int, int]])
         raise SourceError(f"cannot open {path}: {e}") from None
     try:
         _check_schema(conn, path)
+        if not has_exported(conn):  # never ALTER the app's table to add it
+            raise SourceError(f"{path} has no message_feedback.exported column (another app version): the app's "
+                              "own flag cannot be set; nightlora's state records which ratings were used")
         conn.execute("BEGIN IMMEDIATE")
         try:
             current = feedback_high_water(conn)

@@ -37,6 +37,10 @@ def _proactive_rules(parsed: Any, messages: list[Message], proactive_targets: bo
 
 def read_conversation(row: db.ConversationRow, proactive_targets: bool = False) -> Conversation:
     """A stored row as the dataset rules take it (or the reason it cannot be read)."""
+    if not isinstance(row.id, int) or isinstance(row.id, bool):
+        # Not Hanni's INTEGER PRIMARY KEY (a copy by another tool): named by its row in the manifest.
+        label = row.id if isinstance(row.id, str) else f"rowid {row.rowid}"
+        return Conversation(label, rated=row.rated, skip_reason="bad_conversation_id")
     try:
         parsed = parse_messages(row.messages)
         messages = normalize_messages(parsed)
@@ -79,7 +83,15 @@ class HanniSnapshot:
         return db.marked_elsewhere(self.conn, self.consumed)
 
     def cases(self) -> Mapping[str, int]:
-        return {}  # Hanni's feedback problems are the dataset rules' own (feedback_* under skipped)
+        # Hanni's feedback problems are the dataset rules' own (feedback_* under skipped), but for
+        # rows whose id is not an integer, which no night can count, mark or consume.
+        cases = {}
+        bad = db.bad_id_feedback_count(self.conn)
+        if bad:
+            cases["feedback_bad_id"] = bad
+        if not db.has_exported(self.conn):  # said in the manifest: the app's flag cannot be read or set
+            cases[db.NO_EXPORTED_COLUMN] = self.conn.execute("SELECT COUNT(*) FROM message_feedback").fetchone()[0]
+        return cases
 
 
 class HanniSource:

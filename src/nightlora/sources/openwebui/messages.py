@@ -20,10 +20,15 @@ from typing import Any
 from nightlora.dataset.messages import BadConversation, Message
 
 ROLES = ("user", "assistant", "system")
-_REMOVED_DETAILS = re.compile(r'<details\s+type="(?:reasoning|code_interpreter)"[^>]*>.*?</details>', re.I | re.S)
-_TOOL_DETAILS = re.compile(r'<details\s+type="tool_calls"([^>]*)>(.*?)</details>', re.I | re.S)
+# The opening tags of the <details> blocks the front end rewrites; each block ends at the first
+# </details> after its opening tag's ">" (what the lazy regexes `<details type="..."[^>]*>.*?</details>`
+# match), found by a linear scan: those regexes took quadratic time on many unclosed tags.
+_REMOVED_OPEN = re.compile(r'<details\s+type="(?:reasoning|code_interpreter)"', re.I)
+_TOOL_OPEN = re.compile(r'<details\s+type="tool_calls"', re.I)
+_CLOSE = re.compile(r"</details>", re.I)
+_SUMMARY_OPEN = re.compile(r"<summary>", re.I)
+_SUMMARY_CLOSE = re.compile(r"</summary>", re.I)
 _ATTRIBUTE = re.compile(r'(\w+)="([^"]*)"')
-_BODY = re.compile(r"<summary>.*?</summary>\s*(.*?)\s*$", re.I | re.S)
 
 
 def _text(value: Any) -> str:
@@ -37,19 +42,74 @@ def _text(value: Any) -> str:
     return value
 
 
+def _list(value: Any) -> list[Any]:
+    """A JSON array where one should be; anything else holds no parts."""
+    return value if isinstance(value, list) else []
+
+
+def _call_id(item: dict[str, Any]) -> str | None:
+    cid = item.get("call_id")
+    return cid if isinstance(cid, str) and cid else None
+
+
+def _arguments(args: Any) -> str | dict[str, Any]:
+    """A tool call's arguments as stored: JSON text or an object, each checked to be writable UTF-8."""
+    if isinstance(args, str):
+        return _text(args)
+    if not isinstance(args, dict):
+        raise BadConversation("bad_tool_calls")
+    try:
+        _text(json.dumps(args, ensure_ascii=False))
+    except (RecursionError, ValueError):
+        raise BadConversation("bad_tool_calls") from None
+    return args
+
+
+def _blocks(content: str, opener: re.Pattern[str]):
+    """(start, end, attributes, body) of each complete block, left to right, not overlapping."""
+    pos = 0
+    while True:
+        m = opener.search(content, pos)
+        if m is None:
+            return
+        gt = content.find(">", m.end())
+        if gt < 0:
+            return  # no later opening tag can be complete either
+        close = _CLOSE.search(content, gt + 1)
+        if close is None:
+            return
+        yield m.start(), close.end(), content[m.end():gt], content[gt + 1:close.start()]
+        pos = close.end()
+
+
+def _replace_blocks(content: str, opener: re.Pattern[str], replace) -> str:
+    out, pos = [], 0
+    for start, end, attributes, body in _blocks(content, opener):
+        out += [content[pos:start], replace(content[start:end], attributes, body)]
+        pos = end
+    out.append(content[pos:])
+    return "".join(out)
+
+
+def _summary_rest(body: str) -> str:
+    """What follows the block's <summary>...</summary>, stripped ("" when it has none)."""
+    opened = _SUMMARY_OPEN.search(body)
+    closed = _SUMMARY_CLOSE.search(body, opened.end()) if opened else None
+    return body[closed.end():].strip() if closed else ""
+
+
 def process_details(content: str) -> str:
     """The front end's processDetails: reasoning blocks out, tool-call blocks -> their result."""
-    content = _REMOVED_DETAILS.sub("", content).strip()
+    content = _replace_blocks(content, _REMOVED_OPEN, lambda whole, attributes, body: "").strip()
 
-    def result(match: re.Match[str]) -> str:
-        attributes = dict(_ATTRIBUTE.findall(match.group(1)))
-        if attributes.get("result"):
-            return html.unescape(attributes["result"])
-        body = _BODY.search(match.group(2))
-        text = body.group(1).strip() if body else ""
-        return html.unescape(text) if text else match.group(0)
+    def result(whole: str, attributes: str, body: str) -> str:
+        found = dict(_ATTRIBUTE.findall(attributes))
+        if found.get("result"):
+            return html.unescape(found["result"])
+        text = _summary_rest(body)
+        return html.unescape(text) if text else whole
 
-    return _TOOL_DETAILS.sub(result, content)
+    return _replace_blocks(content, _TOOL_OPEN, result)
 
 
 def _content_text(content: Any) -> str:
@@ -63,9 +123,9 @@ def _content_text(content: Any) -> str:
 def _from_output(output: list[Any]) -> list[Message]:
     """convert_output_to_messages for the items a chat keeps: text, completed tool calls with their results."""
     items = [i for i in output if isinstance(i, dict)]
-    completed = {i.get("call_id") for i in items if i.get("type") == "function_call" and i.get("call_id")
+    completed = {_call_id(i) for i in items if i.get("type") == "function_call" and _call_id(i)
                  and i.get("status") in ("completed", "failed", "rejected")}
-    answered = {i.get("call_id") for i in items if i.get("type") == "function_call_output" and i.get("call_id")}
+    answered = {_call_id(i) for i in items if i.get("type") == "function_call_output" and _call_id(i)}
     calls_with_results = completed & answered
     out: list[Message] = []
     text: list[str] = []
@@ -75,7 +135,7 @@ def _from_output(output: list[Any]) -> list[Message]:
     def flush() -> None:
         nonlocal text, calls
         if text or calls:
-            msg: Message = {"role": "assistant", "content": "\n".join(text)}
+            msg: Message = {"role": "assistant", "content": _text("\n".join(text))}
             if calls:
                 msg["tool_calls"] = calls
             out.append(msg)
@@ -93,22 +153,20 @@ def _from_output(output: list[Any]) -> list[Message]:
         if kind != "function_call_output":
             flush_results()
         if kind == "message":
-            part = "".join(_text(p.get("text", "")) for p in item.get("content") or [] if isinstance(p, dict)
+            part = "".join(_text(p.get("text", "")) for p in _list(item.get("content")) if isinstance(p, dict)
                            and p.get("type") == "output_text")
             if part:
                 text.append(part)
-        elif kind == "function_call" and item.get("call_id") in calls_with_results:
-            args = item.get("arguments", "")
-            if not isinstance(args, (str, dict)):
-                raise BadConversation("bad_tool_calls")
+        elif kind == "function_call" and _call_id(item) in calls_with_results:
+            args = _arguments(item.get("arguments", ""))
             calls.append({"id": _text(item["call_id"]), "type": "function",
                           "function": {"name": _text(item.get("name")), "arguments": args}})
-        elif kind == "function_call_output" and item.get("call_id") in calls_with_results:
+        elif kind == "function_call_output" and _call_id(item) in calls_with_results:
             parts = item.get("output")
             if isinstance(parts, str):
-                content = parts
+                content = _text(parts)
             else:
-                content = "".join(_text(p.get("text", "")) for p in parts or [] if isinstance(p, dict)
+                content = "".join(_text(p.get("text", "")) for p in _list(parts) if isinstance(p, dict)
                                   and p.get("type") == "input_text")
             results.append({"role": "tool", "tool_call_id": _text(item["call_id"]), "content": content})
         elif kind == "open_webui:code_interpreter":
@@ -154,4 +212,9 @@ def parse_json(raw: Any) -> Any:
         return raw
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8")
-    return json.loads(raw)
+    if not isinstance(raw, str):  # a number where JSON text should be
+        raise ValueError(f"not JSON text: {type(raw).__name__}")
+    try:
+        return json.loads(raw)
+    except RecursionError:  # nested thousands deep
+        raise ValueError("JSON nested too deeply") from None

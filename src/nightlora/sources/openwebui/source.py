@@ -61,6 +61,12 @@ class Rating:
     arena: bool
     updated_at: int
     new: bool = True  # not consumed by a promoted night yet
+    rowid: int | None = None  # where the row is, whatever its id holds (Open WebUI's are uuids; a copy's may be NULL)
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Older first; ties by id as text (ids of a hand-made table may mix types)."""
+        return self.updated_at, str(self.id)
 
 
 def feedback_key(fid: str, updated_at: Any) -> str:
@@ -68,7 +74,7 @@ def feedback_key(fid: str, updated_at: Any) -> str:
 
 
 def _rating_of(value: Any) -> int | None:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):  # a list or an object is no rating
         return None
     return RATINGS.get(value.strip() if isinstance(value, str) else value)
 
@@ -93,8 +99,8 @@ class OpenWebUISnapshot:
     def _read_feedback(self) -> None:
         users, models = set(self.cfg.user_ids), set(self.cfg.model_ids)
         latest: dict[tuple[str, str], Rating] = {}
-        for fid, user_id, kind, data, meta, updated_at in self.conn.execute(
-            "SELECT id, user_id, type, data, meta, updated_at FROM feedback ORDER BY created_at, id"
+        for rowid, fid, user_id, kind, data, meta, updated_at in self.conn.execute(
+            "SELECT rowid, id, user_id, type, data, meta, updated_at FROM feedback ORDER BY created_at, id, rowid"
         ):
             if isinstance(updated_at, int) and (self._high_water is None or updated_at > self._high_water):
                 self._high_water = updated_at
@@ -135,12 +141,12 @@ class OpenWebUISnapshot:
                 # Consumed or not, every current rating shapes the export (a reply rated down
                 # last month is still no target); only the gate and ``seen`` leave consumed ones out.
                 r = Rating(fid, key, user_id, chat_id, message_id, rating, model, arena,
-                           updated_at if isinstance(updated_at, int) else 0, new)
+                           updated_at if isinstance(updated_at, int) else 0, new, rowid)
                 old = latest.get((chat_id, message_id))
                 if old is not None:
                     # Two rows for one reply (the front end lost the first one's id): the newer one holds.
                     self._cases["feedback_superseded"] += 1
-                    if (old.updated_at, old.id) > (r.updated_at, r.id):
+                    if old.order > r.order:
                         continue
                 latest[(chat_id, message_id)] = r
         self._ratings = list(latest.values())
@@ -181,8 +187,8 @@ class OpenWebUISnapshot:
         """The history a deleted chat's feedback rows kept, later snapshots winning; and its chat JSON."""
         merged: dict[str, Any] = {}
         chat: dict[str, Any] = {}
-        for r in sorted(ratings, key=lambda r: (r.updated_at, r.id)):
-            (raw,) = self.conn.execute("SELECT snapshot FROM feedback WHERE id = ?", (r.id,)).fetchone()
+        for r in sorted(ratings, key=lambda r: r.order):
+            (raw,) = self.conn.execute("SELECT snapshot FROM feedback WHERE rowid = ?", (r.rowid,)).fetchone()
             try:
                 snap = parse_json(raw)
                 inner = snap["chat"]["chat"]

@@ -56,7 +56,12 @@ def siblings(messages: Messages, message_id: str) -> list[str]:
 
 def timestamp(msg: Any) -> float:
     t = msg.get("timestamp") if isinstance(msg, dict) else None
-    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0
+    if not isinstance(t, (int, float)) or isinstance(t, bool):
+        return 0.0
+    try:
+        return float(t)
+    except OverflowError:  # an integer beyond any float: after (or before) every real time
+        return float("inf") if t > 0 else float("-inf")
 
 
 def ordered(messages: Messages, ids: Iterable[str]) -> list[str]:

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from nightlora.errors import TrainError
+from nightlora.paths import AdapterFiles
 from nightlora.train.base import HyperParams
 
 
@@ -62,6 +63,8 @@ def _check_init_adapter(path: Path, wanted: LoraConfig, total_layers: int) -> No
     cfg_path = path / "adapter_config.json"
     if not cfg_path.is_file():
         raise TrainError(f"init adapter {path} has no adapter_config.json: not a PEFT adapter (convert MLX adapters first)")
+    if not (path / AdapterFiles.PEFT_WEIGHTS).is_file():  # PEFT would fall back to a pickle (adapter_model.bin)
+        raise TrainError(f"init adapter {path} has no {AdapterFiles.PEFT_WEIGHTS}: adapters load only from safetensors files")
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("peft_type") != "LORA":
         raise TrainError(f"init adapter {path} is a {cfg.get('peft_type')!r} adapter, not LoRA")

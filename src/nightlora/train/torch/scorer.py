@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from nightlora.paths import AdapterFiles
 from nightlora.errors import ModelError
 from nightlora.train.scoring import Generated
 from nightlora.train.torch.backend import target_loss_per_row
@@ -53,6 +54,10 @@ class TorchScorer:
         key = str(Path(adapter).resolve())
         if key not in self._names:
             from peft import PeftModel
+
+            if not (Path(adapter) / AdapterFiles.PEFT_WEIGHTS).is_file():  # PEFT would fall back to a pickle (.bin)
+                raise ModelError(f"cannot load the adapter {adapter}: no {AdapterFiles.PEFT_WEIGHTS} "
+                                 "(adapters load only from safetensors files)")
 
             name = f"a{len(self._names)}"
             try:
