@@ -64,6 +64,8 @@ def run(night: Night) -> str | None:
             night.status.update(server_down=True)
             target.stop()
             night.paused = True
+        if night.result.run_id is not None:  # back in "train" for the record too: a kill now is a kill in training
+            night.recorder.stage(night.result.run_id, "train")
         night.status.stage("train", f"training a LoRA adapter ({trainer.name}, {hp.iters} steps)")
 
     out = night.run.adapter(trainer.name)
