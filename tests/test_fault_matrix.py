@@ -1,6 +1,7 @@
 """The fault matrix: every stage boundary of a real `nightlora run`, broken by a real cause.
 
-One world for the whole module (a Hanni database, a state folder, one real `mlx_lm server`
+The cases build on each other (the store's versions, the last good adapter): run the whole
+file.  One world for the whole module (a Hanni database, a state folder, one real `mlx_lm server`
 on 127.0.0.1 run by the process manager, a tiny model trained with torch), and one case
 after another, in file order: each starts `nightlora run` as a process and breaks it --
 SIGKILL when the status file shows the stage (no hook in the product: the test watches
@@ -12,7 +13,7 @@ checks five invariants.  ``MATRIX`` collects one cell per fault and invariant; t
 test prints it and asserts that every cell holds.
 
 Slow stages are slow for a reason the user could have: the check and export kills run on
-a big database (14k conversations, 200k ratings); the commit and record kills happen
+a big database (14k conversations, 420k ratings); the commit and record kills happen
 while the app holds its database's write lock (the night waits its busy timeout there).
 """
 
@@ -171,7 +172,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, server_model_dir: Path) -> I
     big = root / "big" / "hanni.db"
     build_demo_db(big, conversations=24)
     (big.parent / "probe.jsonl").unlink()
-    grow_db(big, copies=600, extra_ratings=200_000)
+    grow_db(big, copies=600, extra_ratings=400_000)
     w = World(root, db, big, root / "state", server_model_dir, free_port())
     base = w.config()
     out = w.cli(base, "server", "start", "--json", timeout=120)
@@ -631,7 +632,8 @@ def test_a_teacher_that_hangs_is_dropped_and_the_night_goes_on(world: World) -> 
 
 def test_sigkill_in_train_with_the_server_stopped(world: World) -> None:
     w = world
-    cfg = w.config(target={"stop_during_training": "always"})
+    # 200 steps: long enough to be killed in (the kill comes at once, so they cost nothing)
+    cfg = w.config(target={"stop_during_training": "always"}, train={"iters": 200})
     ids, last = add_feedback(w.db), before_run(w)
     old_server = _server_record(w)
     run = start_run(w, cfg)
