@@ -36,14 +36,15 @@ def recover(cfg: Config, deps: RunDeps) -> DeployResult | None:
     store = AdapterStore(state.adapters)
     with StateDB.for_state_dir(state.root) as db:
         recorder = RunRecorder(db, deps.source.app_recorder(deps.log))
-        recent = db.recent_runs(50)
-        for rec in recent:
+        for rec in db.recent_runs(50):
             if rec.status != "running":
                 continue
             ended = _ended(rec)
             if ended is not None:
                 deps.log(f"run {rec.id} ended {ended['status']} but could not record it; recording it now")
-                recorder.finish(rec.id, ended["status"], ended["exit_code"], notes=str(ended.get("message") or "")[:500])
+                live = (ended.get("deploy") or {}).get("live") if isinstance(ended.get("deploy"), dict) else None
+                recorder.finish(rec.id, ended["status"], ended["exit_code"], notes=str(ended.get("message") or "")[:500],
+                                adapter_version=live if isinstance(live, str) else None)
             else:
                 deps.log(f"run {rec.id} (stage {rec.stage}) did not finish; marking it interrupted")
                 recorder.finish(rec.id, "interrupted", Interrupted.exit_code,
