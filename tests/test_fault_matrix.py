@@ -116,6 +116,7 @@ class World:
     replies: dict[str | None, str] = field(default_factory=dict)  # version -> the server's greedy reply
     live: str | None = None           # the last good version, as the cases establish it
     corrupt: set[str] = field(default_factory=set)  # versions a case corrupted on purpose
+    runs: list[subprocess.Popen] = field(default_factory=list)  # every `nightlora run` started, ended at teardown
     n: int = 0
 
     def config(self, **sections: dict) -> Path:
@@ -181,6 +182,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, server_model_dir: Path) -> I
         w.replies[None] = fingerprint(w)
         yield w
     finally:
+        for p in w.runs:  # a case that failed half-way may have left its run going: end it by its pid
+            if p.poll() is None:
+                kill_pid(p.pid)
         for t in w.teachers:
             t.close()
         stopped = w.cli(base, "server", "stop", timeout=60)
@@ -215,6 +219,7 @@ def start_run(w: World, cfg: Path, *, file_size: int | None = None) -> Run:
             stderr=subprocess.STDOUT, env=CHILD_ENV, start_new_session=True,
             preexec_fn=(lambda: _limit_file_size(file_size)) if file_size else None,
         )
+    w.runs.append(proc)
     return Run(proc, log, time.monotonic())
 
 
