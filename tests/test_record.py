@@ -133,3 +133,60 @@ def test_durations_and_deploys(tmp_path):
     assert (d["run_id"], d["outcome"], d["requested"], d["live"]) == (3, "rolled_back", "v0004", "v0003")
     with pytest.raises(ValueError, match="no updatable column id"):
         db.update_run(1, id=5)
+
+
+def _cycle(app, cycle_id):
+    with sqlite3.connect(app) as c:
+        return c.execute("SELECT status, finished_at, notes FROM flywheel_cycles WHERE id = ?", (cycle_id,)).fetchone()
+
+
+def test_the_app_record_is_made_at_the_end_when_the_start_found_its_database_locked(tmp_path):
+    app = hanni_db(tmp_path / "hanni.db")
+    rec = RunRecorder(StateDB.for_state_dir(tmp_path / "state"), HanniCycles(app, busy_timeout_s=0.1))
+    blocker = sqlite3.connect(app, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    run = rec.start()
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert run.hanni_cycle_id is None
+    done = rec.finish(run.id, "completed", 0, notes="v0001 is live")
+    assert done.hanni_cycle_id is not None
+    assert _cycle(app, done.hanni_cycle_id)[:1] == ("completed",)
+
+
+def test_resync_completes_the_app_records_a_locked_database_left_running(tmp_path):
+    app = hanni_db(tmp_path / "hanni.db")
+    state = StateDB.for_state_dir(tmp_path / "state")
+    rec = RunRecorder(state, HanniCycles(app, busy_timeout_s=0.1))
+    ended, running = rec.start(), rec.start()
+    blocker = sqlite3.connect(app, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the app writing while the night ends: its row stays 'running'
+    rec.finish(ended.id, "completed", 0, notes="v0002 is live", adapter_version="v0002")
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert _cycle(app, ended.hanni_cycle_id)[0] == "running"
+
+    repaired = rec.resync_app(state.recent_runs(), lambda r: "/store/current")
+    assert repaired == [ended.id]  # the run still running is not ours to finish here
+    status, finished_at, notes = _cycle(app, ended.hanni_cycle_id)
+    assert (status, notes) == ("completed", "v0002 is live") and finished_at == state.run(ended.id).finished_at
+    assert _cycle(app, running.hanni_cycle_id)[0] == "running"
+    assert rec.resync_app(state.recent_runs(), lambda r: None) == []  # nothing left: nothing written
+
+
+def test_a_locked_state_db_is_a_state_error(tmp_path):
+    from nightlora.errors import StateError
+    from nightlora.state import db as state_db
+
+    StateDB.for_state_dir(tmp_path).close()
+    blocker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    old, state_db.BUSY_TIMEOUT_S = state_db.BUSY_TIMEOUT_S, 0.1
+    try:
+        with pytest.raises(StateError, match="database is locked .another process holds it") as e:
+            StateDB.for_state_dir(tmp_path)
+        assert e.value.exit_code == 14
+    finally:
+        state_db.BUSY_TIMEOUT_S = old
+        blocker.execute("ROLLBACK")
+        blocker.close()

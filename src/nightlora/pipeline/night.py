@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from nightlora.platform.memory import MemoryInfo
 from nightlora.platform.notify import Notifier, announce_back
 from nightlora.platform.power import PowerState
 from nightlora.sources.base import Source
-from nightlora.state.db import RunRecorder, StateDB
+from nightlora.state.db import RunRecorder, StateDB, state_error
 from nightlora.state.status_file import StatusWriter
 from nightlora.state.store import AdapterStore
 from nightlora.targets.base import Target
@@ -67,6 +68,9 @@ class Night:
     server_at_risk: bool = False
     paused: bool = False  # the server was actually stopped for training
     consumed: frozenset[str] = frozenset()  # feedback ids already learned from (check stage)
+    # state.db failed (locked by another writer past its busy timeout): the rest of the night does not
+    # wait on it again; result.json holds the end, and the next run or `nightlora recover` records it.
+    state_db_failed: bool = False
     store: AdapterStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -110,8 +114,13 @@ def _bring_back(night: Night) -> None:
     night.log("no new adapter goes live tonight; bringing the server back as it was")
     back = restore(night.store, night.deps.target, log=night.log)
     night.result.deploy = back
-    night.db.record_deploy(night.result.run_id, "restore", back.outcome.value, requested=back.requested,
-                           live=back.live, detail=back.message())
+    if not night.state_db_failed:
+        try:
+            night.db.record_deploy(night.result.run_id, "restore", back.outcome.value, requested=back.requested,
+                                   live=back.live, detail=back.message())
+        except sqlite3.Error as e:  # the server is back; that the state db could not say so must not hide why
+            night.state_db_failed = True
+            night.log(f"warning: could not record the restore: {state_error(night.db.path, e)}")
     if night.paused:
         announce_back(night.deps.notifier, "No new adapter tonight.", night.app_name)
 
@@ -134,14 +143,22 @@ def _finish(night: Night) -> None:
     atomic_write_json(night.run.result, record)
     _report(night, record)
     live = r.live
-    night.recorder.finish(
-        r.run_id, r.status, r.exit_code,
-        train_pairs=r.train_pairs,
-        eval_score=r.evaluation.score if r.evaluation else None,
-        adapter_version=live,
-        adapter_path=str(night.store.current_link) if live else None,
-        notes=r.message[:500],
-    )
+    # When state.db failed, result.json says how the night ended; the next run (or `nightlora recover`)
+    # copies it into the records.  The status file is still written: the app does not wait for a dead run.
+    if night.state_db_failed:
+        night.log("warning: the run's end is not recorded in the state database (it failed earlier tonight)")
+    else:
+        try:
+            night.recorder.finish(
+                r.run_id, r.status, r.exit_code,
+                train_pairs=r.train_pairs,
+                eval_score=r.evaluation.score if r.evaluation else None,
+                adapter_version=live,
+                adapter_path=str(night.store.current_link) if live else None,
+                notes=r.message[:500],
+            )
+        except sqlite3.Error as e:
+            night.log(f"warning: could not record the run's end: {state_error(night.db.path, e)}")
     night.status.done(r.message, failed=r.status in ("failed", "interrupted"), adapter_version=live)
 
 
@@ -160,6 +177,9 @@ def open_night(cfg: Config, deps: RunDeps, state: StatePaths, *, force: bool = F
         try:
             try:
                 yield night
+            except sqlite3.Error:
+                night.state_db_failed = True
+                raise
             finally:
                 if night.server_at_risk:
                     _bring_back(night)
@@ -167,6 +187,10 @@ def open_night(cfg: Config, deps: RunDeps, state: StatePaths, *, force: bool = F
             result.status = "interrupted" if isinstance(e, Interrupted) else "failed"
             result.exit_code, result.message = e.exit_code, str(e)
             raise
+        except sqlite3.Error as e:  # nightlora's own state.db (the sources wrap their databases' errors)
+            err = state_error(night.db.path, e)
+            result.status, result.exit_code, result.message = "failed", err.exit_code, str(err)
+            raise err from e
         except BaseException as e:
             err = Interrupted("interrupted") if isinstance(e, KeyboardInterrupt) else e
             result.status = "interrupted" if isinstance(err, Interrupted) else "failed"

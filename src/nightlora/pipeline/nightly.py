@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sqlite3
 from typing import Any, Iterator
 
 from nightlora.config import Config
@@ -32,6 +33,7 @@ from nightlora.pipeline.result import RunResult
 from nightlora.pipeline.stage import Stage, run_stage
 from nightlora.pipeline.stages import check, commit, deploy, distill, evaluate, export, guard, train
 from nightlora.platform.fsutil import private_dir
+from nightlora.state.db import state_error
 
 STAGES: tuple[Stage, ...] = (
     Stage("check", "counting new feedback", check.run),
@@ -70,9 +72,12 @@ def run_nightly(cfg: Config, deps: RunDeps, *, force: bool = False) -> RunResult
     with RunLock(state.lock) as lock, _signals_raise():
         if lock.stale is not None:
             deps.log(f"a previous run ({lock.stale.describe()}) ended without releasing the lock; cleared")
-        recover(cfg, deps)
-        with open_night(cfg, deps, state, force=force) as night:
-            for stage in STAGES:
-                if run_stage(night, stage) is not None:
-                    break
+        try:
+            recover(cfg, deps)
+            with open_night(cfg, deps, state, force=force) as night:
+                for stage in STAGES:
+                    if run_stage(night, stage) is not None:
+                        break
+        except sqlite3.Error as e:  # state.db before the night had its record (open_night converts the rest)
+            raise state_error(state.state_db, e) from e
     return night.result

@@ -27,9 +27,11 @@ class Stage:
 @contextlib.contextmanager
 def timed(night: "Night", name: str, title: str) -> Iterator[None]:
     night.log(f"[{name}] {title}")
-    night.status.stage(name, title)
+    # The run's record first, then status.json: a run killed once the status file names a stage
+    # has that stage in its record too, so recover says where it stopped.
     if night.result.run_id is not None:
         night.recorder.stage(night.result.run_id, name)
+    night.status.stage(name, title)
     t0 = time.monotonic()
     try:
         yield

@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from nightlora.errors import StateError
 from nightlora.paths import StatePaths
@@ -22,6 +22,12 @@ from nightlora.state.migrations import migrate
 BUSY_TIMEOUT_S = 5.0
 # postponed: a resource guard (battery, disk, memory) kept the night from training; the next one tries again
 FINAL_STATUSES = ("completed", "skipped", "postponed", "rejected", "rolled_back", "failed", "interrupted")
+
+
+def state_error(path: Path, e: sqlite3.Error) -> StateError:
+    """A failure of the state database as the one-line error the CLI reports (exit 14)."""
+    hint = " (another process holds it; try again when it is done)" if "locked" in str(e) or "busy" in str(e) else ""
+    return StateError(f"nightlora's state database {path}: {e}{hint}")
 
 
 @dataclass(frozen=True)
@@ -64,13 +70,13 @@ class StateDB:
         try:
             self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
         except sqlite3.Error as e:
-            raise StateError(f"cannot open nightlora's state database {self.path}: {e}") from None
+            raise state_error(self.path, e) from None
         self.conn.row_factory = sqlite3.Row
         try:
             migrate(self.conn)
-        except sqlite3.Error as e:
+        except sqlite3.Error as e:  # locked by another writer beyond the busy timeout, not a database, ...
             self.conn.close()
-            raise StateError(f"cannot use nightlora's state database {self.path}: {e}") from None
+            raise state_error(self.path, e) from None
 
     @classmethod
     def for_state_dir(cls, state_dir: Path) -> "StateDB":
@@ -150,6 +156,9 @@ class AppRecorder(Protocol):
 
     def start(self, started_at: str | None = None) -> int | None: ...
     def finish(self, cycle_id: int, status: str, **values: Any) -> bool: ...
+    def unfinished(self, cycle_ids: list[int]) -> set[int]:
+        """Which of these records the app still shows as running (read only)."""
+        ...
 
 
 class RunRecorder:
@@ -186,7 +195,26 @@ class RunRecorder:
             raise ValueError(f"status must be one of {', '.join(FINAL_STATUSES)}, not {status!r}")
         rec = self.state.finish_run(run_id, status, exit_code, train_pairs=train_pairs, eval_score=eval_score,
                                     adapter_version=adapter_version, notes=notes)
+        if self.app is not None and rec.hanni_cycle_id is None:
+            # The app's database was locked when the run started: its record is made now, whole.
+            cycle = self.app.start(rec.started_at)
+            if cycle is not None:
+                rec = self.state.update_run(rec.id, hanni_cycle_id=cycle)
         if self.app is not None and rec.hanni_cycle_id is not None:
             self.app.finish(rec.hanni_cycle_id, status, train_pairs=train_pairs, eval_score=eval_score,
                               notes=notes, adapter_path=adapter_path, finished_at=rec.finished_at)
         return rec
+
+    def resync_app(self, records: list[RunRecord], adapter_path: Callable[[RunRecord], str | None]) -> list[int]:
+        """Finished runs whose end the app missed (its database was locked then, or the run was killed
+        between the two records): complete the app's record from ours.  Returns the runs repaired."""
+        if self.app is None:
+            return []
+        done = {r.hanni_cycle_id: r for r in records if r.status != "running" and r.hanni_cycle_id is not None}
+        repaired = []
+        for cycle in sorted(self.app.unfinished(list(done))):
+            r = done[cycle]
+            if self.app.finish(cycle, r.status, train_pairs=r.train_pairs, eval_score=r.eval_score, notes=r.notes,
+                               adapter_path=adapter_path(r), finished_at=r.finished_at):
+                repaired.append(r.id)
+        return repaired

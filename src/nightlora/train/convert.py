@@ -34,7 +34,7 @@ from typing import Iterable
 
 import numpy as np
 
-from nightlora.errors import ModelError
+from nightlora.errors import ModelError, StoreError
 from nightlora.platform.fsutil import atomic_dir, atomic_write_json, private_dir
 from nightlora.models import num_layers as model_layers
 from nightlora.paths import AdapterFiles
@@ -89,11 +89,14 @@ def _write_tensors(path: Path, tensors: dict[str, Tensor], fmt: str) -> None:
         offset += len(blob)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format aligns the data to 8 bytes
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for blob in blobs:
-            f.write(blob)
+    try:
+        with open(path, "wb") as f:
+            f.write(len(raw).to_bytes(8, "little"))
+            f.write(raw)
+            for blob in blobs:
+                f.write(blob)
+    except OSError as e:  # a full disk: the caller's atomic_dir drops the half-written folder
+        raise StoreError(f"cannot write the converted adapter {path}: {e.strerror or e}") from e
 
 
 def _from_f32(values: np.ndarray, dtype: str) -> np.ndarray:

@@ -39,8 +39,9 @@ def run(night: Night) -> str | None:
     trainer = night.deps.trainer_for(cfg.train.backend)
 
     system = night.deps.source.system_prompt()[0].text
-    answers = general.base_answers(lambda: trainer.scorer(model_dir), system, night.state.cache,
-                                   model_fingerprint(model_dir), log=night.log)
+    # No self-replay asked for (train.replay_share = 0): the base model's answers are not needed here.
+    answers = [] if cfg.train.replay_share == 0 else general.base_answers(
+        lambda: trainer.scorer(model_dir), system, night.state.cache, model_fingerprint(model_dir), log=night.log)
     train_split = read_split(night.run.data, "train")
     hp = choose_hyperparams(cfg.train, conversations(train_split), len(read_split(night.run.data, "valid")),
                             num_layers(model_dir), replay_available=general.replay_available(answers))
@@ -64,6 +65,8 @@ def run(night: Night) -> str | None:
             night.status.update(server_down=True)
             target.stop()
             night.paused = True
+        if night.result.run_id is not None:  # back in "train" for the record too: a kill now is a kill in training
+            night.recorder.stage(night.result.run_id, "train")
         night.status.stage("train", f"training a LoRA adapter ({trainer.name}, {hp.iters} steps)")
 
     out = night.run.adapter(trainer.name)

@@ -74,6 +74,20 @@ class HanniCycles:
             self.log(f"could not record the run in {self.db_path}: {e}")
             return None
 
+    def unfinished(self, cycle_ids: list[int]) -> set[int]:
+        """Which of ``cycle_ids`` the app's table still shows as running (a read; nothing is written)."""
+        if not cycle_ids or not self.is_hanni():
+            return set()
+        marks = ", ".join("?" for _ in cycle_ids)
+        try:
+            with self._connect() as conn:
+                rows = conn.execute(f"SELECT id FROM flywheel_cycles WHERE status = 'running' AND id IN ({marks})",
+                                    cycle_ids).fetchall()
+        except sqlite3.Error as e:
+            self.log(f"could not read the runs recorded in {self.db_path}: {e}")
+            return set()
+        return {r[0] for r in rows}
+
     def finish(
         self,
         cycle_id: int,

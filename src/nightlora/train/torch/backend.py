@@ -32,7 +32,7 @@ from torch import nn
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
-from nightlora.errors import NightloraError, TrainError
+from nightlora.errors import ModelError, NightloraError, TrainError
 from nightlora.platform.fsutil import atomic_dir
 from nightlora.train.base import (
     HyperParams,
@@ -55,7 +55,7 @@ from nightlora.train.torch.data import (
     eval_batches,
     length_grouped_batches,
 )
-from nightlora.train.torch.lora import build_lora_model, load_trainable_state, trainable_state
+from nightlora.train.torch.lora import MODEL_LOAD_ERRORS, SafetensorError, build_lora_model, load_trainable_state, trainable_state
 
 if False:  # typing only (the scorer imports this module)
     from nightlora.train.torch.scorer import TorchScorer
@@ -139,7 +139,10 @@ class _Run:
 
         splits = read_splits(request.dataset_dir)
         self.user_train = [e for e in splits["train"] if (e.get("meta") or {}).get("source") != "replay"]
-        self.tokenizer = AutoTokenizer.from_pretrained(request.base_model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(request.base_model)
+        except MODEL_LOAD_ERRORS as e:
+            raise ModelError(f"cannot load the base model {request.base_model}: {type(e).__name__}: {e}") from e
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         encoded = {}
         self.sequences: dict[str, dict[str, int]] = {}
@@ -295,9 +298,12 @@ class _Run:
             preference=preference.to_dict() if preference else None,
         )
         if self.acc.is_main_process:
-            with atomic_dir(self.request.output_dir) as tmp:
-                self.model.save_pretrained(tmp)
-                write_adapter_meta(tmp, self.request, metrics)
+            try:
+                with atomic_dir(self.request.output_dir) as tmp:  # a failed write leaves no adapter behind
+                    self.model.save_pretrained(tmp)
+                    write_adapter_meta(tmp, self.request, metrics)
+            except (OSError, SafetensorError) as e:  # a full disk, a quota, a read-only folder
+                raise TrainError(f"cannot write the adapter to {self.request.output_dir}: {e}") from e
         self.acc.wait_for_everyone()
         return metrics
 

@@ -26,9 +26,25 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from nightlora.errors import TrainError
+from nightlora.errors import ModelError, TrainError
 from nightlora.paths import AdapterFiles
 from nightlora.train.base import HyperParams
+
+try:
+    from safetensors import SafetensorError
+except ImportError:  # pragma: no cover -- safetensors comes with transformers
+    SafetensorError = OSError  # type: ignore[misc,assignment]
+
+# What loading a model folder raises when its files are missing, cut short or not a model transformers knows.
+MODEL_LOAD_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, SafetensorError)
+
+
+def load_base_model(base_model: Path, dtype: torch.dtype) -> PreTrainedModel:
+    """The base model's weights, or ModelError naming the folder and what is wrong with it."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    except MODEL_LOAD_ERRORS as e:
+        raise ModelError(f"cannot load the base model {base_model}: {type(e).__name__}: {e}") from e
 
 
 def _blocks(model: PreTrainedModel) -> tuple[str, nn.ModuleList]:
@@ -84,7 +100,7 @@ def build_lora_model(base_model: Path, hp: HyperParams, dtype: torch.dtype, init
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress reporting is the one the user reads
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    model = load_base_model(base_model, dtype)
     model.config.use_cache = False  # the KV cache is for generation; training only wastes memory on it
     if hp.grad_checkpoint:
         # Non-reentrant checkpointing works with frozen inputs and under DDP.

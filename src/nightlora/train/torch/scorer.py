@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from nightlora.paths import AdapterFiles
 from nightlora.errors import ModelError
 from nightlora.train.scoring import Generated
 from nightlora.train.torch.backend import target_loss_per_row
 from nightlora.train.torch.data import collate, encode_chat, eval_batches
+from nightlora.train.torch.lora import MODEL_LOAD_ERRORS, load_base_model
 
 EVAL_BATCH = 8
 GENERATE_BATCH = 16
@@ -36,9 +37,9 @@ class TorchScorer:
         hf_logging.disable_progress_bar()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-            self.base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype).eval()
-        except (OSError, ValueError) as e:
-            raise ModelError(f"cannot load {base_model} with transformers: {e}") from None
+        except MODEL_LOAD_ERRORS as e:
+            raise ModelError(f"cannot load the base model {base_model}: {type(e).__name__}: {e}") from e
+        self.base = load_base_model(base_model, dtype).eval()
         self.model: torch.nn.Module = self.base
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._names: dict[str, str] = {}   # adapter folder -> its name inside the PeftModel
