@@ -100,3 +100,35 @@ def read_preferences(dataset_dir: Path) -> list[dict]:
             raise TrainError(f"{path}:{lineno}: expected a preference record (prompt, chosen, rejected)")
         out.append(record)
     return out
+
+
+# Chat-template tokens around each message (role markers, separators): generous for ChatML,
+# Llama 3 and Qwen templates, whose per-message overhead is 4-6 tokens.
+TEMPLATE_TOKENS_PER_MESSAGE = 16
+
+
+def longest_tokens_bound(examples: list[dict], max_seq_length: int) -> int:
+    """An upper bound on the tokens of the longest training sequence, without a tokenizer.
+
+    Byte-level BPE and byte-fallback SentencePiece tokenizers (SmolLM2, Llama, Qwen, Mistral)
+    never make a token of less than one byte, so a message's UTF-8 bytes bound its tokens; each
+    conversation's examples are prefixes of its last, so the longest example bounds the merged
+    sequence.  Used for the memory estimate, which with ``max_seq_length`` (2048) alone asked
+    for ~18 GiB to train a night of short chats.
+    """
+    longest = 0
+    for e in examples:
+        n = 0
+        for m in e.get("messages") or ():
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, str):
+                n += len(content.encode("utf-8", "surrogatepass"))
+            elif content is not None:  # content parts: their JSON is longer than their text
+                n += len(json.dumps(content, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            if isinstance(m, dict) and m.get("tool_calls"):
+                n += len(json.dumps(m["tool_calls"], ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            n += TEMPLATE_TOKENS_PER_MESSAGE
+        if e.get("tools"):
+            n += len(json.dumps(e["tools"], ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        longest = max(longest, n)
+    return max(1, min(max_seq_length, longest))

@@ -23,7 +23,7 @@ from nightlora.platform.notify import announce_downtime
 from nightlora.targets.downtime import plan_training_memory
 from nightlora.train.base import TrainRequest
 from nightlora.train.hyperparams import choose_hyperparams
-from nightlora.train.splits import conversations, read_split
+from nightlora.train.splits import conversations, longest_tokens_bound, read_split
 
 
 def _write_replay(night: Night, examples: list[dict]) -> None:
@@ -45,10 +45,12 @@ def run(night: Night) -> str | None:
     train_split = read_split(night.run.data, "train")
     hp = choose_hyperparams(cfg.train, conversations(train_split), len(read_split(night.run.data, "valid")),
                             num_layers(model_dir), replay_available=general.replay_available(answers))
-    _write_replay(night, general.replay_examples(answers, system, hp.replay_examples))
+    replay = general.replay_examples(answers, system, hp.replay_examples)
+    _write_replay(night, replay)
 
     decision, checkpoint, why = plan_training_memory(
-        target.downtime_mode or "never", model_dir, batch_size=hp.batch_size, seq_len=hp.max_seq_length,
+        target.downtime_mode or "never", model_dir, batch_size=hp.batch_size,
+        seq_len=longest_tokens_bound(train_split + replay, hp.max_seq_length),
         lora_rank=hp.lora_rank, lora_layers=hp.num_layers,
         grad_checkpoint=None if cfg.train.grad_checkpoint == "auto" else cfg.train.grad_checkpoint,
         memory_reader=night.deps.read_memory,
