@@ -8,12 +8,14 @@ Real `nightlora` subprocesses.  CI runs as root: the permission cases run the ch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -111,28 +113,57 @@ SETPRIV = shutil.which("setpriv")
 NOBODY = 65534
 
 
+@dataclass(frozen=True)
+class Unprivileged:
+    """How the child runs without the right to override file permissions, and the modes that keep
+    it out: as uid 65534, root's own (0600/0700) shuts it out and 0755/0644 lets it only read; as
+    root without capabilities (when uid 65534 cannot read this checkout, as under a 0700 CI
+    folder) only the owner bits count: a shut file or folder is 0000, a read-only folder 0555, and
+    nothing can belong to someone else (an owner may always chmod its own folder)."""
+    prefix: tuple[str, ...]
+    root: Path
+    closed_file: int
+    closed_dir: int
+    read_only_dir: int
+    read_only_file: int
+    other_owner: bool
+
+
+NO_CAPS = ("--securebits=+noroot,+noroot_locked,+no_setuid_fixup,+no_setuid_fixup_locked",
+           "--bounding-set=-all", "--inh-caps=-all")
+
+
 @pytest.fixture
 def nobody(tmp_path: Path):
-    """(prefix, folder): the argv prefix that runs a command as uid 65534 (none when not root), and a
-    folder it may enter (pytest's own tmp is root's, 0700)."""
-    if os.geteuid() != 0:
-        prefix: tuple[str, ...] = ()
-    elif SETPRIV is None:
-        pytest.fail("running as root without setpriv (util-linux): cannot run the child as another user")
-    else:
-        prefix = (SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
     root = Path(tempfile.mkdtemp(prefix="nightlora-perm-"))
     os.chmod(root, 0o755)
-    probe = subprocess.run([*prefix, *NIGHTLORA, "--version"], capture_output=True, text=True, cwd=root)
-    if probe.returncode != 0:
+    if os.geteuid() != 0:
+        tries = [Unprivileged((), root, 0o000, 0o000, 0o555, 0o444, False)]
+    elif SETPRIV is None:
+        pytest.fail("running as root without setpriv (util-linux): cannot drop the child's privileges")
+    else:
+        tries = [Unprivileged((SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"), root,
+                              0o600, 0o700, 0o755, 0o644, True),
+                 Unprivileged((SETPRIV, *NO_CAPS), root, 0o000, 0o000, 0o555, 0o444, False)]
+    errors = []
+    for way in tries:
+        probe = subprocess.run([*way.prefix, *NIGHTLORA, "--version"], capture_output=True, text=True, cwd=root)
+        if probe.returncode == 0:
+            break
+        errors.append(probe.stderr.strip()[-200:])
+    else:
         shutil.rmtree(root)
-        pytest.skip(f"uid {NOBODY} cannot run this Python or read this checkout: {probe.stderr.strip()[-200:]}")
-    yield prefix, root
+        pytest.fail("cannot run nightlora without privileges: " + " | ".join(errors))
+    yield way
+    for p in root.rglob("*"):  # what the test shut, opened again for rmtree
+        with contextlib.suppress(OSError):
+            os.chmod(p, 0o700 if p.is_dir() else 0o600)
     shutil.rmtree(root, ignore_errors=True)
 
 
 def test_permission_problems_are_one_line_errors_as_another_user(nobody) -> None:
-    prefix, root = nobody
+    way: Unprivileged = nobody
+    prefix, root = way.prefix, way.root
     home = root / "home"
     home.mkdir(mode=0o777)
     os.chmod(home, 0o777)
@@ -140,7 +171,7 @@ def test_permission_problems_are_one_line_errors_as_another_user(nobody) -> None
     data = root / "Hanni"
     build_demo_db(data / "hanni.db", conversations=20)
     for p in [data, *data.iterdir()]:
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)  # readable by all, writable by its owner (root) only
+        os.chmod(p, way.read_only_dir if p.is_dir() else way.read_only_file)  # it may read, not write
     cfg = root / "nightlora.toml"
     cfg.write_text(f'[source]\ndata_dir = {json.dumps(str(data))}\n[target]\nkind = "none"\n')
     os.chmod(cfg, 0o644)
@@ -153,21 +184,23 @@ def test_permission_problems_are_one_line_errors_as_another_user(nobody) -> None
     # an output folder under one it may not write
     one_line_error(run("export", "--out", str(data / "out")), 5, str(data / "out"))
     # the database it may not read
-    os.chmod(data / "hanni.db", 0o600)
+    os.chmod(data / "hanni.db", way.closed_file)
     one_line_error(run("check"), 4, str(data / "hanni.db"), "permission denied")
-    os.chmod(data / "hanni.db", 0o644)
+    os.chmod(data / "hanni.db", way.read_only_file)
     # nightlora's state folder belongs to someone else (root, 0700)
-    (data / "nightlora").mkdir(mode=0o700)
-    one_line_error(run("run"), 14, str(data / "nightlora"))
-    one_line_error(run("recover"), 14, "run.lock")
+    if way.other_owner:
+        (data / "nightlora").mkdir(mode=0o700)
+        one_line_error(run("run"), 14, str(data / "nightlora"))
+        one_line_error(run("recover"), 14, "run.lock")
     # a config file it may not read
-    os.chmod(cfg, 0o600)
+    os.chmod(cfg, way.closed_file)
     one_line_error(run("check"), 3, str(cfg))
     os.chmod(cfg, 0o644)
     # a model folder it may not enter
     model = root / "model"
-    model.mkdir(mode=0o700)
+    model.mkdir()
     (model / "config.json").write_text("{}")
+    os.chmod(model, way.closed_dir)
     dataset = root / "dataset"
     dataset.mkdir(mode=0o755)
     line = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
