@@ -1,8 +1,8 @@
 """How long the assistant is unavailable during one nightly run: mlx_lm (stop/restart) vs vLLM (switch).
 
 Runs the demo's cycle (demo database, SmolLM2-135M, the backend that suits this machine) once
-per case, while a thread asks the app's address a real one-token chat completion every
---interval seconds:
+per case, while another process (as the app is one) asks the app's address a real one-token chat
+completion every --interval seconds:
 
 - ``mlx_lm`` per stop_during_training mode (--modes): a real `mlx_lm server` started by the
   process manager; the deploy restarts it on the new adapter;
@@ -25,7 +25,7 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -41,45 +41,62 @@ VLLM_PYTHON = Path(__file__).resolve().parent.parent / ".cache" / "vllm-venv" / 
 STABLE = "hanni"
 
 
-class Poller(threading.Thread):
+def _poll(base_url: str, interval: float, model: str | None, status: str | None, out: str, halt) -> None:
+    """The app's side, in a process of its own (as the real app is): a poll every ``interval`` s until ``halt``."""
+    samples, stages = [], []
+    train_ended, in_train, stage = None, False, None
+    payload = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0.0}
+    if model:
+        payload["model"] = model
+    with httpx.Client(trust_env=False) as http:
+        while not halt.is_set():
+            t0 = time.monotonic()
+            try:
+                stage = json.loads(Path(status).read_text()).get("stage") if status else None
+            except (OSError, ValueError):
+                pass
+            if stage == "train":
+                in_train = True
+            elif in_train and train_ended is None:
+                train_ended = t0
+            try:
+                r = http.post(f"{base_url}/v1/chat/completions", timeout=5.0, json=payload)
+                body = r.json()
+                ok, named = r.status_code == 200 and "choices" in body, body.get("model")
+            except (httpx.HTTPError, ValueError, AttributeError):
+                ok, named = False, None
+            samples.append((t0, ok, time.monotonic(), named))
+            stages.append(stage)
+            halt.wait(max(0.0, interval - (time.monotonic() - t0)))
+    Path(out).write_text(json.dumps({"samples": samples, "stages": stages, "train_ended": train_ended}))
+
+
+class Poller:
+    """A chat request every ``interval`` seconds from another process; after ``stop()``, what it saw."""
+
     def __init__(self, base_url: str, interval: float, model: str | None = None, status: Path | None = None):
-        super().__init__(daemon=True)
         self.base_url, self.interval, self.model, self.status = base_url, interval, model, status
-        # (sent at, answered, answered at, the model named in the answer)
+        # (sent at, answered, answered at, the model named in the answer), on this machine's monotonic clock
         self.samples: list[tuple[float, bool, float, str | None]] = []
+        self.stages: list[str | None] = []  # the night's stage when each poll was sent (where a gap happened)
         self.train_ended: float | None = None
-        self._in_train = False
-        self.halt = threading.Event()
+        ctx = multiprocessing.get_context("spawn")
+        self._out = Path(tempfile.mkstemp(prefix="nightlora-poller-", suffix=".json")[1])
+        self.halt = ctx.Event()
+        self._proc = ctx.Process(target=_poll, args=(base_url, interval, model, str(status) if status else None,
+                                                     str(self._out), self.halt), daemon=True)
 
-    def answered(self, http: httpx.Client) -> tuple[bool, str | None]:
-        payload = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0.0}
-        if self.model:
-            payload["model"] = self.model
+    def start(self) -> None:
+        self._proc.start()
+
+    def join(self) -> None:
+        self._proc.join()
         try:
-            r = http.post(f"{self.base_url}/v1/chat/completions", timeout=5.0, json=payload)
-            body = r.json()
-            return r.status_code == 200 and "choices" in body, body.get("model")
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return False, None
-
-    def _watch_stage(self) -> None:
-        try:
-            stage = json.loads(self.status.read_text()).get("stage") if self.status else None
-        except (OSError, ValueError):
-            return
-        if stage == "train":
-            self._in_train = True
-        elif self._in_train and self.train_ended is None:
-            self.train_ended = time.monotonic()
-
-    def run(self) -> None:
-        with httpx.Client(trust_env=False) as http:
-            while not self.halt.is_set():
-                t0 = time.monotonic()
-                self._watch_stage()
-                ok, model = self.answered(http)
-                self.samples.append((t0, ok, time.monotonic(), model))
-                self.halt.wait(max(0.0, self.interval - (time.monotonic() - t0)))
+            got = json.loads(self._out.read_text() or "{}")
+        finally:
+            self._out.unlink(missing_ok=True)
+        self.samples = [tuple(x) for x in got.get("samples", [])]
+        self.stages, self.train_ended = got.get("stages", []), got.get("train_ended")
 
     def outages(self) -> list[float]:
         spans, down_since = [], None
@@ -96,6 +113,22 @@ class Poller(threading.Thread):
     def longest_gap(self) -> float:
         done = [end for _, ok, end, _ in self.samples if ok]
         return max((b - a for a, b in zip(done, done[1:])), default=0.0)
+
+    def worst_gaps(self, n: int = 3) -> list[tuple[float, str | None]]:
+        """The n longest gaps between answered polls, each with the stage its closing poll was sent in."""
+        done = [(end, st) for (_, ok, end, _), st in zip(self.samples, self.stages) if ok]
+        gaps = [(b - a, st) for (a, _), (b, st) in zip(done, done[1:])]
+        return sorted(gaps, key=lambda g: -g[0])[:n]
+
+    def latency_by_stage(self) -> dict[str, tuple[int, float, float]]:
+        """Per stage: answered polls, median and worst latency (s) of the one-token request."""
+        import statistics
+
+        by: dict[str, list[float]] = {}
+        for (t, ok, end, _), st in zip(self.samples, self.stages):
+            if ok:
+                by.setdefault(st or "-", []).append(end - t)
+        return {st: (len(v), statistics.median(v), max(v)) for st, v in by.items()}
 
     def new_adapter_after(self, new_model: str | None) -> float | None:
         """Seconds from the end of training to the first answer of the new version."""
@@ -175,7 +208,7 @@ def measure(case: str, mode: str, models_dir: Path, interval: float, conversatio
             "downtime_s": sum(spans), "longest_s": max(spans, default=0.0), "outages": len(spans),
             "polls": len(poller.samples), "failed_polls": sum(1 for _, ok, _, _ in poller.samples if not ok),
             "gap_s": poller.longest_gap(), "to_new_s": poller.new_adapter_after(new_model), "switch_ms": switch_ms,
-            "overhead": overhead,
+            "overhead": overhead, "worst_gaps": poller.worst_gaps(), "latency": poller.latency_by_stage(),
             "reason": result.train.downtime.reason if result.train else "",
         }
 
@@ -205,6 +238,9 @@ def main() -> int:
               f"{r['gap_s']:>14.2f} {to_new:>13}")
     for r in rows:
         print(f"  {r['case']}: {r['reason']}")
+        print(f"  {r['case']} longest gaps: " + ", ".join(f"{g:.2f} s in {st or 'no run'}" for g, st in r["worst_gaps"]))
+        print(f"  {r['case']} request latency by stage (answered, median s, worst s): " + "; ".join(
+            f"{st} {n} {med:.2f} {worst:.2f}" for st, (n, med, worst) in r["latency"].items()))
         if r["switch_ms"]:
             print(f"  {r['case']} switch steps (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in r["switch_ms"].items()))
         if r.get("overhead"):

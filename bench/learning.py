@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ from nightlora.config import load_config  # noqa: E402
 from nightlora.config_section import toml_str  # noqa: E402
 from nightlora.demo.database import build_demo_db  # noqa: E402
 from nightlora.models import prepare_model  # noqa: E402
+from nightlora.paths import StatePaths  # noqa: E402
 from nightlora.pipeline.nightly import run_nightly  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +49,7 @@ def build(persona: str, db: Path, conversations: int) -> None:
         nadia.build(db, conversations=conversations)
 
 
-def one(persona: str, conversations: int, root: Path, overrides: list[str]) -> dict:
+def one(persona: str, conversations: int, root: Path, overrides: list[str], answers_cache: Path | None = None) -> dict:
     data = root / persona / "data"
     db = data / "hanni.db"
     build(persona, db, conversations)
@@ -63,9 +65,14 @@ def one(persona: str, conversations: int, root: Path, overrides: list[str]) -> d
                         + "".join(f"[{s}]\n" + "".join(line + "\n" for line in lines) for s, lines in extra.items() if lines))
     cfg = load_config(cfg_path, environ={})
     deps = build_deps(cfg, progress=False)
+    cache = StatePaths(cfg.source.state_path).cache
+    if answers_cache and answers_cache.is_dir():  # a sweep: the base model's answers from an earlier run
+        shutil.copytree(answers_cache, cache, dirs_exist_ok=True)
     t0 = time.perf_counter()
     r = run_nightly(cfg, deps, force=True)
     seconds = time.perf_counter() - t0
+    if answers_cache and cache.is_dir():
+        shutil.copytree(cache, answers_cache, dirs_exist_ok=True)
     ev = r.evaluation
     base, cand = ev.scores["base"], ev.scores["candidate"]
     out = {
@@ -87,6 +94,9 @@ def main() -> int:
     ap.add_argument("--persona", choices=("demo", "nadia", "both"), default="both")
     ap.add_argument("--conversations", type=int, default=None, help="default: the demo's 30, nadia 60")
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--answers-cache", type=Path, default=None,
+                    help="keep the base model's answers to the general prompts here across runs (a sweep's first-night "
+                         "cost, generated once per base model; the night's time then leaves it out)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a config value (TOML), for sweeps; the goal is judged with the defaults, without --set")
@@ -97,7 +107,7 @@ def main() -> int:
     results = []
     for p in personas:
         n = args.conversations or (30 if p == "demo" else 60)
-        res = one(p, n, root, args.overrides)
+        res = one(p, n, root, args.overrides, args.answers_cache)
         results.append(res)
         pref = "n/a" if res["pref_candidate"] is None else f"{res['pref_base']:.2f} -> {res['pref_candidate']:.2f} of {res['pref_pairs']}"
         print(f"{p}: {res['status']} in {res['seconds']:.0f} s; probe {res['probe_base']}/{res['probe_total']} -> "

@@ -60,6 +60,9 @@ class ShuffledTargets:
     def scorer(self, base_model):
         return self.inner.scorer(base_model)
 
+    def cpu_threads(self, n):
+        return self.inner.cpu_threads(n)
+
     def train(self, request, progress=None):
         path = Path(request.dataset_dir) / "train.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()]

@@ -106,6 +106,9 @@ class TrainConfig(Section):
     preference_beta: float = Field(0.1, gt=0)
     preference_learning_rate: float | None = Field(None, gt=0)
     preference_epochs: float = Field(2.0, gt=0)
+    # CPU threads for the night's compute (training, evaluation); unset: all cores, one fewer while
+    # the assistant's server keeps serving on this machine (pipeline/threads.py says why).
+    threads: int | None = Field(None, ge=1)
 
 
 class EvalConfig(Section):
@@ -351,6 +354,7 @@ lora_alpha = {c.train.lora_alpha}
 max_seq_length = {c.train.max_seq_length}
 grad_checkpoint = "auto"           # auto: only when memory is short (it costs a third more time)
 early_stopping_patience = {c.train.early_stopping_patience}
+# threads = 4                      # unset: all cores, one left to the assistant's server while it serves beside training
 
 [eval]
 gate = true                        # a new adapter goes live only if it beats the live one (see README)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Callable, ContextManager, Literal, Protocol
 
 from nightlora.dataset.manifest import manifest_sha256, try_read_manifest  # noqa: F401  (trainers use both)
 from nightlora.paths import AdapterFiles
@@ -111,6 +111,9 @@ class Trainer(Protocol):
 
     def scorer(self, base_model: Path) -> "Scorer":
         """The base model loaded in this framework, to score it and adapters on it (train/scoring.py)."""
+
+    def cpu_threads(self, n: int | None) -> ContextManager[None]:
+        """Within it, this framework computes on at most ``n`` CPU threads (None: its own default)."""
 
 
 def write_adapter_meta(adapter_dir: Path, request: TrainRequest, metrics: TrainMetrics) -> None:

@@ -19,6 +19,7 @@ from nightlora.evaluate.probe import read_probe
 from nightlora.models import model_fingerprint
 from nightlora.pipeline.night import Night
 from nightlora.pipeline.result import EvaluationResult
+from nightlora.pipeline.threads import night_threads
 from nightlora.platform.fsutil import atomic_write_json
 from nightlora.state.store import Version
 from nightlora.train.convert import convert_adapter
@@ -50,6 +51,13 @@ def run(night: Night) -> str | None:
     source = night.deps.source
     system = source.system_prompt()[0].text
     trainer = night.deps.trainer_for(train.backend)
+    with night_threads(night, trainer, "evaluating"):
+        return _judge(night, trainer, system)
+
+
+def _judge(night: Night, trainer, system: str) -> str | None:
+    r, cfg, source = night.result, night.cfg, night.deps.source
+    train = r.train
     answers = general.base_answers(lambda: trainer.scorer(train.base_model), system, night.state.cache,
                                    model_fingerprint(train.base_model), log=night.log)
     probe = read_probe(source.probe_path) if source.probe_path and source.probe_path.is_file() else []

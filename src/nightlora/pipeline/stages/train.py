@@ -18,6 +18,7 @@ from nightlora.paths import REPLAY
 from nightlora.pipeline.night import Night
 from nightlora.pipeline.result import TrainResult
 from nightlora.pipeline.stage import timed
+from nightlora.pipeline.threads import night_threads
 from nightlora.platform.fsutil import atomic_write_bytes
 from nightlora.platform.notify import announce_downtime
 from nightlora.targets.downtime import plan_training_memory
@@ -40,8 +41,9 @@ def run(night: Night) -> str | None:
 
     system = night.deps.source.system_prompt()[0].text
     # No self-replay asked for (train.replay_share = 0): the base model's answers are not needed here.
-    answers = [] if cfg.train.replay_share == 0 else general.base_answers(
-        lambda: trainer.scorer(model_dir), system, night.state.cache, model_fingerprint(model_dir), log=night.log)
+    with night_threads(night, trainer, "asking the base model"):
+        answers = [] if cfg.train.replay_share == 0 else general.base_answers(
+            lambda: trainer.scorer(model_dir), system, night.state.cache, model_fingerprint(model_dir), log=night.log)
     train_split = read_split(night.run.data, "train")
     hp = choose_hyperparams(cfg.train, conversations(train_split), len(read_split(night.run.data, "valid")),
                             num_layers(model_dir), replay_available=general.replay_available(answers))
@@ -72,6 +74,7 @@ def run(night: Night) -> str | None:
         night.status.stage("train", f"training a LoRA adapter ({trainer.name}, {hp.iters} steps)")
 
     out = night.run.adapter(trainer.name)
-    result.metrics = trainer.train(TrainRequest(night.run.data, model_dir, out, hp), night.deps.progress)
+    with night_threads(night, trainer, "training"):
+        result.metrics = trainer.train(TrainRequest(night.run.data, model_dir, out, hp), night.deps.progress)
     result.adapter_dir = out
     return None

@@ -278,6 +278,10 @@ class MlxTrainer:
 
         return MlxScorer(base_model)
 
+    def cpu_threads(self, n: int | None) -> contextlib.AbstractContextManager[None]:
+        # MLX computes on the Apple GPU; its CPU backend (Linux) has no thread setting to lend a core back.
+        return contextlib.nullcontext()
+
     def train(self, request: TrainRequest, progress: ProgressFn | None = None) -> TrainMetrics:
         started = time.perf_counter()
         hp = request.hyperparams

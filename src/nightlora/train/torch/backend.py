@@ -16,13 +16,14 @@ update as one. Only the main process reports progress and writes the adapter.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -343,6 +344,17 @@ class TorchTrainer:
         from nightlora.train.torch.scorer import TorchScorer
 
         return TorchScorer(base_model)
+
+    @contextlib.contextmanager
+    def cpu_threads(self, n: int | None) -> Iterator[None]:
+        # torch's intra-op pool is process-wide: set for the stage, then given back as it was.
+        before = torch.get_num_threads()
+        if n is not None:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def train(self, request: TrainRequest, progress: ProgressFn | None = None) -> TrainMetrics:
         if Path(request.output_dir).exists():
