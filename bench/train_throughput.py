@@ -20,6 +20,9 @@ cosine decay, no warm-up, no gradient checkpointing (135M fits with room to spar
   torch         nightlora's TorchTrainer: each conversation's examples merged into one sequence,
                 length-grouped batches of --batch sequences, logits only at target positions
   torch-bN      the same at batch N (nightlora's own choice for the demo's 62 conversations is 2)
+  torch-bN-lrX  the same at batch N and learning rate X: an epoch of merged conversations takes
+                fewer, fuller steps than one of per-turn examples (62 against 222 on the demo at
+                batch 1), so at one learning rate it moves less per epoch
   torch-packed  the same sequences and batches, but each batch packed into ONE row with position
                 ids restarting per sequence and no attention mask: transformers then builds a
                 block-diagonal causal mask for SDPA (masking_utils.find_packed_sequence_indices),
@@ -736,8 +739,10 @@ def main_child(args: argparse.Namespace) -> None:
         result = peft_run(args, int(args.run.removeprefix("peft-b")))
     elif args.run.startswith("trl"):
         result = trl_run(args, packing=args.run == "trl-packed")
-    elif re.fullmatch(r"torch-b\d+", args.run):  # nightlora torch at another batch size
-        args.batch = int(args.run.removeprefix("torch-b"))
+    elif m := re.fullmatch(r"torch-b(\d+)(?:-lr([0-9.e-]+))?", args.run):  # nightlora torch at another batch (and rate)
+        args.batch = int(m.group(1))
+        if m.group(2):  # a merged sequence holds all of a conversation's targets: fewer, fuller steps per epoch
+            args.lr = float(m.group(2))
         result = run_trainer("torch", args)
     else:
         if args.run == "torch-packed":
