@@ -52,12 +52,11 @@ def run(night: Night) -> str | None:
     system = source.system_prompt()[0].text
     trainer = night.deps.trainer_for(train.backend)
     with night_threads(night, trainer, "evaluating"):
-        return _judge(night, trainer, system)
+        return _judge(night, trainer, train, source, system)
 
 
-def _judge(night: Night, trainer, system: str) -> str | None:
-    r, cfg, source = night.result, night.cfg, night.deps.source
-    train = r.train
+def _judge(night: Night, trainer, train, source, system: str) -> str | None:
+    r, cfg = night.result, night.cfg
     answers = general.base_answers(lambda: trainer.scorer(train.base_model), system, night.state.cache,
                                    model_fingerprint(train.base_model), log=night.log)
     probe = read_probe(source.probe_path) if source.probe_path and source.probe_path.is_file() else []

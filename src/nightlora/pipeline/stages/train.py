@@ -41,9 +41,11 @@ def run(night: Night) -> str | None:
 
     system = night.deps.source.system_prompt()[0].text
     # No self-replay asked for (train.replay_share = 0): the base model's answers are not needed here.
-    with night_threads(night, trainer, "asking the base model"):
-        answers = [] if cfg.train.replay_share == 0 else general.base_answers(
-            lambda: trainer.scorer(model_dir), system, night.state.cache, model_fingerprint(model_dir), log=night.log)
+    answers = []
+    if cfg.train.replay_share != 0:
+        with night_threads(night, trainer, "asking the base model"):
+            answers = general.base_answers(lambda: trainer.scorer(model_dir), system, night.state.cache,
+                                           model_fingerprint(model_dir), log=night.log)
     train_split = read_split(night.run.data, "train")
     hp = choose_hyperparams(cfg.train, conversations(train_split), len(read_split(night.run.data, "valid")),
                             num_layers(model_dir), replay_available=general.replay_available(answers))
