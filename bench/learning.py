@@ -8,6 +8,8 @@ no server is needed), and prints what the evaluation measured in process, before
 live: the held-out fact questions answered by the base model and the candidate, the loss on the
 user's held-out replies, the general loss (the base model's own answers to held-out general
 prompts), preference accuracy on held-out thumbs-down pairs, the decision, and the night's time.
+Then the same probe asked of the base model right after the user told it every fact in that chat
+("told in context"): how much of the probe is more than remembering, for this model.
 
 Personas: "demo" is the demo's (src/nightlora/demo/); "nadia" (bench/personas/nadia.py) was
 written apart from it, and no test or default is tuned to it.
@@ -49,6 +51,48 @@ def build(persona: str, db: Path, conversations: int) -> None:
         nadia.build(db, conversations=conversations)
 
 
+def told_facts(persona: str) -> tuple[str, list[str]]:
+    """The persona's system prompt and what its user says when telling each fact (their first phrasing)."""
+    if persona == "demo":
+        from nightlora.demo.persona import FACTS, SYSTEM_PROMPT
+
+        return SYSTEM_PROMPT, [f.en.tell[0] for f in FACTS]
+    from personas import nadia
+
+    return nadia.SYSTEM, [f.tell[0] for f in nadia.FACTS]
+
+
+def in_context(persona: str, data: Path) -> dict:
+    """The probe asked of the base model right after the user told it every fact in the same chat.
+
+    Not a bound on what training can reach, but a reading of the probe: a question the base model
+    misses even with the answer a few lines above it asks for more than remembering (an inference
+    this model does not make), and training that makes it remember cannot be expected to answer it.
+    Greedy, 48 new tokens, one torch thread; scored like the product's probe (evaluate/probe.py).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nightlora.evaluate.probe import answer_matches, read_probe
+
+    system, tells = told_facts(persona)
+    tok = AutoTokenizer.from_pretrained(MODELS / "smollm2-135m")
+    model = AutoModelForCausalLM.from_pretrained(MODELS / "smollm2-135m").eval()
+    history = [{"role": "system", "content": system}, {"role": "user", "content": " ".join(tells)},
+               {"role": "assistant", "content": "Got it, I'll remember all of that."}]
+    replies, correct = [], 0
+    items = read_probe(data / "probe.jsonl")
+    with torch.inference_mode():
+        for item in items:
+            ids = tok.apply_chat_template(history + [{"role": "user", "content": item["question"]}],
+                                          add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+            out = model.generate(ids, max_new_tokens=48, do_sample=False, pad_token_id=tok.eos_token_id)
+            reply = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            correct += answer_matches(item["answer"], reply)
+            replies.append(reply)
+    return {"correct": correct, "total": len(items), "replies": replies}
+
+
 def one(persona: str, conversations: int, root: Path, overrides: list[str], answers_cache: Path | None = None) -> dict:
     data = root / persona / "data"
     db = data / "hanni.db"
@@ -73,6 +117,7 @@ def one(persona: str, conversations: int, root: Path, overrides: list[str], answ
     seconds = time.perf_counter() - t0
     if answers_cache and cache.is_dir():
         shutil.copytree(cache, answers_cache, dirs_exist_ok=True)
+    told = in_context(persona, data)
     ev = r.evaluation
     base, cand = ev.scores["base"], ev.scores["candidate"]
     out = {
@@ -85,6 +130,7 @@ def one(persona: str, conversations: int, root: Path, overrides: list[str], answ
         "pref_pairs": cand.preference_pairs, "decision": ev.decision.summary(),
         "hyperparams": {k: v for k, v in r.train.hyperparams.to_dict().items() if k != "reasons"},
         "preference": r.train.metrics.preference, "probe_replies": cand.probe_replies,
+        "probe_in_context": told["correct"], "in_context_replies": told["replies"],
     }
     return out
 
@@ -115,6 +161,8 @@ def main() -> int:
               f"{res['test_candidate']:.3f}; general loss {res['general_base']:.3f} -> {res['general_candidate']:.3f} "
               f"({100 * res['general_change']:+.1f} %); preference accuracy {pref}", flush=True)
         print(f"  {res['decision']}", flush=True)
+        print(f"  the same probe asked of the base model right after being told every fact in that chat: "
+              f"{res['probe_in_context']}/{res['probe_total']} (what the questions ask beyond remembering)", flush=True)
         print(f"  stages: {json.dumps(res['stages_s'])}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -122,6 +170,7 @@ def main() -> int:
         print("settings: " + " ".join(args.overrides) + " (not the defaults)")
     print("learning: " + "; ".join(
         f"{r['persona']} probe {r['probe_base']}->{r['probe_candidate']}/{r['probe_total']} "
+        f"(told in context {r['probe_in_context']}/{r['probe_total']}) "
         f"general {100 * r['general_change']:+.1f}% pref {r['pref_candidate'] if r['pref_candidate'] is None else round(r['pref_candidate'], 2)} "
         f"{r['status']} {r['seconds']:.0f}s" for r in results))
     return 0

@@ -475,7 +475,8 @@ def _toml_value(v: Any) -> str:
     st.binary(max_size=64),
     st.text(max_size=64).map(lambda t: t.encode("utf-8", "surrogatepass")),
     st.sampled_from([b"[data\n", b"[data]\nmin_feedback = \xff\n", b"a = " + b"[" * 5000, b"\x00", b"[[data]]\n",
-                     b"data = 5\n", b"[train]\nepochs = inf\n", b"[train]\nepochs = 1e308\n", b'[source]\ndata_dir = "\\u0000"\n']),
+                     b"data = 5\n", b"[target]\nkind = []\n", b"[teacher]\nkind = {}\n",  # a kind that is no name
+                     b"[train]\nepochs = inf\n", b"[train]\nepochs = 1e308\n", b'[source]\ndata_dir = "\\u0000"\n']),
 ))
 def test_any_config_file_is_a_config_or_a_one_line_config_error(text: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:

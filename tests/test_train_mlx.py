@@ -131,6 +131,37 @@ def test_only_the_last_assistant_message_is_a_target(run, tiny_model_dir: Path, 
     assert m.valid_loss[0][1] == pytest.approx(loss_sum / targets, rel=1e-5)
 
 
+def test_the_head_at_targets_only_gives_the_full_logits_loss(tiny_model_dir: Path, persona_dir: Path):
+    """The vocabulary head run at the target positions only (the batches' index/weight) is the same loss
+    as full logits masked afterwards, padded target slots included; a model outside HEAD_AT_TARGETS
+    takes the full-logits path."""
+    import mlx.nn as mnn
+
+    from nightlora.train.mlx import data as mlx_data
+
+    model, mlx_tokenizer = load(str(tiny_model_dir))
+    examples = encode_split(mlx_tokenizer, read_split(persona_dir, "train"), 512, "train").examples
+    tokens, mask, lengths, index, weight = next(iterate_batches(examples, 3, 512))
+    assert index.shape[0] % mlx_data.TARGETS_PAD_TO == 0 and weight.sum().item() == mask.sum().item()
+    assert mlx_data._head_at_targets(model) is not None  # the tiny Llama takes the fast path
+    fast, n_fast = target_loss(model, tokens, mask, lengths, index, weight)
+    full, n_full = target_loss(model, tokens, mask, lengths)
+    assert n_fast.item() == n_full.item()
+    assert fast.item() == pytest.approx(full.item(), rel=1e-5)
+
+    class Wrapped(mnn.Module):  # an unknown model type: the whole forward, then the mask
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def __call__(self, inputs):
+            return self.inner(inputs)
+
+    wrapped = Wrapped(model)
+    assert mlx_data._head_at_targets(wrapped) is None
+    assert target_loss(wrapped, tokens, mask, lengths, index, weight)[0].item() == pytest.approx(full.item(), rel=1e-5)
+
+
 def test_training_continues_from_an_init_adapter(run, tiny_model_dir: Path, persona_dir: Path, tmp_path: Path):
     first_dir, first, _ = run
     # Three training chats and a batch size of 4: the batch shrinks to what the split holds.

@@ -44,7 +44,7 @@ def config_union(registry: Mapping[str, Kind], default: str) -> Any:
 
     def pick(value: Any) -> str:
         kind = value.get("kind", default) if isinstance(value, dict) else getattr(value, "kind", default)
-        return kind if kind in registry else "?"
+        return kind if isinstance(kind, str) and kind in registry else "?"  # kind = [] is a bad value, not a crash
 
     members = tuple(Annotated[k.config, Tag(name)] for name, k in registry.items())
     return Annotated[Union[members], Discriminator(pick, custom_error_type="unknown_kind",  # type: ignore[valid-type]

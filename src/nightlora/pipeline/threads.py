@@ -41,10 +41,9 @@ def serving_here(target, paused: bool) -> bool:
     """The assistant's server answers from this machine while the night computes."""
     if paused:
         return False
-    # Where the model computes: vLLM's own address, not the local proxy in front of it.
-    url = getattr(target, "vllm_url", None) or getattr(target, "base_url", None)
-    local = target.managed or (isinstance(url, str) and is_loopback_url(url))
-    return bool(local and target.is_running())
+    # By address, not by who manages it: nightlora swaps adapters on an external vLLM that computes elsewhere.
+    url = target.compute_url
+    return url is not None and is_loopback_url(url) and target.is_running()
 
 
 @contextlib.contextmanager

@@ -39,6 +39,11 @@ class Target(Protocol):
     #: how the server may be stopped while training runs (None: never, e.g. it is not ours)
     downtime_mode: DowntimeMode | None
 
+    @property
+    def compute_url(self) -> str | None:
+        """Where the model itself computes (vLLM's own address, not a proxy in front of it); None: nowhere
+        nightlora knows. The night's compute leaves a core to a server on this machine (pipeline/threads.py)."""
+
     def describe(self) -> str:
         """One line for logs and --json: what is served, where."""
 

@@ -38,6 +38,10 @@ class MlxLmTarget:
     def base_url(self) -> str:
         return self.check.base_url
 
+    @property
+    def compute_url(self) -> str:
+        return self.check.base_url
+
     def describe(self) -> str:
         return self.manager.describe()
 

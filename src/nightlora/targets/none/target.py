@@ -33,6 +33,10 @@ class NoTarget:
     def base_url(self) -> str | None:
         return self.url
 
+    @property
+    def compute_url(self) -> str | None:
+        return self.url
+
     def describe(self) -> str:
         where = f"{self.url} is someone else's" if self.url else "no server configured"
         return f"not managed (target.kind = \"none\"): {where}"

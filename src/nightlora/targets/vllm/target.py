@@ -99,6 +99,10 @@ class VllmTarget:
     def base_url(self) -> str:
         return self.proxy_url  # where the app connects
 
+    @property
+    def compute_url(self) -> str:
+        return self.vllm_url  # where the model computes, behind the proxy
+
     def describe(self) -> str:
         owner = "external" if self.server is None else self.server.name
         return (f"vLLM at {self.vllm_url} ({owner}); the app asks {self.proxy_url} for "
