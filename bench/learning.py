@@ -68,28 +68,24 @@ def in_context(persona: str, data: Path) -> dict:
     Not a bound on what training can reach, but a reading of the probe: a question the base model
     misses even with the answer a few lines above it asks for more than remembering (an inference
     this model does not make), and training that makes it remember cannot be expected to answer it.
-    Greedy, 48 new tokens, one torch thread; scored like the product's probe (evaluate/probe.py).
+    Asked and scored as the evaluate stage asks the probe (the torch scorer's greedy replies,
+    evaluation.PROBE_TOKENS new tokens, probe.answer_matches).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from nightlora.evaluate.evaluation import PROBE_TOKENS
     from nightlora.evaluate.probe import answer_matches, read_probe
+    from nightlora.train.torch.scorer import TorchScorer
 
     system, tells = told_facts(persona)
-    tok = AutoTokenizer.from_pretrained(MODELS / "smollm2-135m")
-    model = AutoModelForCausalLM.from_pretrained(MODELS / "smollm2-135m").eval()
     history = [{"role": "system", "content": system}, {"role": "user", "content": " ".join(tells)},
                {"role": "assistant", "content": "Got it, I'll remember all of that."}]
-    replies, correct = [], 0
     items = read_probe(data / "probe.jsonl")
-    with torch.inference_mode():
-        for item in items:
-            ids = tok.apply_chat_template(history + [{"role": "user", "content": item["question"]}],
-                                          add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
-            out = model.generate(ids, max_new_tokens=48, do_sample=False, pad_token_id=tok.eos_token_id)
-            reply = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-            correct += answer_matches(item["answer"], reply)
-            replies.append(reply)
+    scorer = TorchScorer(MODELS / "smollm2-135m")
+    try:
+        replies = [g.text for g in scorer.generate(
+            [{"messages": history + [{"role": "user", "content": item["question"]}]} for item in items], PROBE_TOKENS)]
+    finally:
+        scorer.close()
+    correct = sum(answer_matches(item["answer"], reply) for item, reply in zip(items, replies))
     return {"correct": correct, "total": len(items), "replies": replies}
 
 

@@ -764,14 +764,12 @@ def profile_run(args: argparse.Namespace) -> dict:
 
 
 def main_child(args: argparse.Namespace) -> None:
+    if args.run and (m := re.fullmatch(r"(peft-b\d+|trl|trl-packed)-lr([0-9.e-]+)", args.run)):
+        args.run, args.lr = m.group(1), float(m.group(2))  # a baseline at another rate
     if args.eval:
         result = eval_run(args)
     elif args.profile:
         result = profile_run(args)
-    elif m := re.fullmatch(r"(peft-b\d+|trl|trl-packed)-lr([0-9.e-]+)", args.run):  # a baseline at another rate
-        args.lr, args.run = float(m.group(2)), m.group(1)
-        main_child(args)
-        return
     elif args.run.startswith("peft-b"):
         result = peft_run(args, int(args.run.removeprefix("peft-b")))
     elif args.run.startswith("trl"):
