@@ -8,8 +8,9 @@ no server is needed), and prints what the evaluation measured in process, before
 live: the held-out fact questions answered by the base model and the candidate, the loss on the
 user's held-out replies, the general loss (the base model's own answers to held-out general
 prompts), preference accuracy on held-out thumbs-down pairs, the decision, and the night's time.
-Then the same probe asked of the base model right after the user told it every fact in that chat
-("told in context"): how much of the probe is more than remembering, for this model.
+Then two more readings: the same probe asked of the base model right after the user told it
+every fact in that chat ("told in context"), and the persona's earlier, harder questions (most
+ask for an inference on top of the fact) asked of the base model and the candidate.
 
 Personas: "demo" is the demo's (src/nightlora/demo/); "nadia" (bench/personas/nadia.py) was
 written apart from it, and no test or default is tuned to it.
@@ -51,42 +52,69 @@ def build(persona: str, db: Path, conversations: int) -> None:
         nadia.build(db, conversations=conversations)
 
 
-def told_facts(persona: str) -> tuple[str, list[str]]:
-    """The persona's system prompt and what its user says when telling each fact (their first phrasing)."""
+def persona_facts(persona: str):
     if persona == "demo":
         from nightlora.demo.persona import FACTS, SYSTEM_PROMPT
 
-        return SYSTEM_PROMPT, [f.en.tell[0] for f in FACTS]
+        return SYSTEM_PROMPT, FACTS, [f.en.tell[0] for f in FACTS]
     from personas import nadia
 
-    return nadia.SYSTEM, [f.tell[0] for f in nadia.FACTS]
+    return nadia.SYSTEM, nadia.FACTS, [f.tell[0] for f in nadia.FACTS]
 
 
-def in_context(persona: str, data: Path) -> dict:
-    """The probe asked of the base model right after the user told it every fact in the same chat.
+def side_probes(persona: str, data: Path, candidate: Path | None) -> dict:
+    """Two readings of the probe beside the evaluate stage's own.
 
-    Not a bound on what training can reach, but a reading of the probe: a question the base model
-    misses even with the answer a few lines above it asks for more than remembering (an inference
-    this model does not make), and training that makes it remember cannot be expected to answer it.
+    "told in context": the probe asked of the base model right after the user told it every
+    fact in the same chat.  Not a bound on what training can reach (a 135M model recalls little
+    from a paragraph of facts), but a reading of the questions.
+    "hard probe": the persona's earlier questions (``hard_probe``), most of which ask for an
+    inference on top of the fact ("Which city should the taxi app default to for me?"), asked of
+    the base model and of the candidate.
     Asked and scored as the evaluate stage asks the probe (the torch scorer's greedy replies,
     evaluation.PROBE_TOKENS new tokens, probe.answer_matches).
     """
     from nightlora.evaluate.evaluation import PROBE_TOKENS
+    from nightlora.evaluate.general import chat
     from nightlora.evaluate.probe import answer_matches, read_probe
     from nightlora.train.torch.scorer import TorchScorer
 
-    system, tells = told_facts(persona)
+    system, facts, tells = persona_facts(persona)
     history = [{"role": "system", "content": system}, {"role": "user", "content": " ".join(tells)},
                {"role": "assistant", "content": "Got it, I'll remember all of that."}]
     items = read_probe(data / "probe.jsonl")
+    hard = [{"question": f.hard_probe, "answer": f.answer} for f in facts]
+
+    def right(asked: list[dict], replies: list[str]) -> int:
+        return sum(answer_matches(item["answer"], reply) for item, reply in zip(asked, replies))
+
     scorer = TorchScorer(MODELS / "smollm2-135m")
     try:
-        replies = [g.text for g in scorer.generate(
+        scorer.use(None)
+        told = [g.text for g in scorer.generate(
             [{"messages": history + [{"role": "user", "content": item["question"]}]} for item in items], PROBE_TOKENS)]
+        hard_chats = [chat(system, item["question"]) for item in hard]
+        hard_base = [g.text for g in scorer.generate(hard_chats, PROBE_TOKENS)]
+        hard_cand: list[str] = []
+        if candidate is not None:
+            scorer.use(candidate)
+            hard_cand = [g.text for g in scorer.generate(hard_chats, PROBE_TOKENS)]
     finally:
         scorer.close()
-    correct = sum(answer_matches(item["answer"], reply) for item, reply in zip(items, replies))
-    return {"correct": correct, "total": len(items), "replies": replies}
+    return {"in_context": right(items, told), "in_context_replies": told, "total": len(items),
+            "hard_base": right(hard, hard_base), "hard_candidate": right(hard, hard_cand) if candidate else None,
+            "hard_total": len(hard), "hard_candidate_replies": hard_cand}
+
+
+def peft_folder(adapter_dir: Path | None, state: StatePaths) -> Path | None:
+    """The candidate's PEFT files: in the run's adapter folder, else the store's live version."""
+    from nightlora.paths import AdapterFiles
+
+    for folder in ([adapter_dir / AdapterFiles.PEFT_SUBDIR, adapter_dir] if adapter_dir else []) + [
+            state.adapters / "current" / AdapterFiles.PEFT_SUBDIR]:
+        if (folder / AdapterFiles.PEFT_WEIGHTS).is_file():
+            return folder
+    return None
 
 
 def one(persona: str, conversations: int, root: Path, overrides: list[str], answers_cache: Path | None = None) -> dict:
@@ -113,7 +141,8 @@ def one(persona: str, conversations: int, root: Path, overrides: list[str], answ
     seconds = time.perf_counter() - t0
     if answers_cache and cache.is_dir():
         shutil.copytree(cache, answers_cache, dirs_exist_ok=True)
-    told = in_context(persona, data)
+    state = StatePaths(cfg.source.state_path)
+    told = side_probes(persona, data, peft_folder(r.train.adapter_dir if r.train else None, state))
     ev = r.evaluation
     base, cand = ev.scores["base"], ev.scores["candidate"]
     out = {
@@ -126,7 +155,9 @@ def one(persona: str, conversations: int, root: Path, overrides: list[str], answ
         "pref_pairs": cand.preference_pairs, "decision": ev.decision.summary(),
         "hyperparams": {k: v for k, v in r.train.hyperparams.to_dict().items() if k != "reasons"},
         "preference": r.train.metrics.preference, "probe_replies": cand.probe_replies,
-        "probe_in_context": told["correct"], "in_context_replies": told["replies"],
+        "probe_in_context": told["in_context"], "in_context_replies": told["in_context_replies"],
+        "hard_probe_base": told["hard_base"], "hard_probe_candidate": told["hard_candidate"],
+        "hard_probe_total": told["hard_total"], "hard_probe_replies": told["hard_candidate_replies"],
     }
     return out
 
@@ -158,7 +189,10 @@ def main() -> int:
               f"({100 * res['general_change']:+.1f} %); preference accuracy {pref}", flush=True)
         print(f"  {res['decision']}", flush=True)
         print(f"  the same probe asked of the base model right after being told every fact in that chat: "
-              f"{res['probe_in_context']}/{res['probe_total']} (what the questions ask beyond remembering)", flush=True)
+              f"{res['probe_in_context']}/{res['probe_total']}", flush=True)
+        print(f"  the hard probe (questions that ask for an inference on top of the fact): base "
+              f"{res['hard_probe_base']}/{res['hard_probe_total']} -> candidate "
+              f"{res['hard_probe_candidate']}/{res['hard_probe_total']}", flush=True)
         print(f"  stages: {json.dumps(res['stages_s'])}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -166,7 +200,8 @@ def main() -> int:
         print("settings: " + " ".join(args.overrides) + " (not the defaults)")
     print("learning: " + "; ".join(
         f"{r['persona']} probe {r['probe_base']}->{r['probe_candidate']}/{r['probe_total']} "
-        f"(told in context {r['probe_in_context']}/{r['probe_total']}) "
+        f"(told in context {r['probe_in_context']}/{r['probe_total']}; hard probe "
+        f"{r['hard_probe_base']}->{r['hard_probe_candidate']}/{r['hard_probe_total']}) "
         f"general {100 * r['general_change']:+.1f}% pref {r['pref_candidate'] if r['pref_candidate'] is None else round(r['pref_candidate'], 2)} "
         f"{r['status']} {r['seconds']:.0f}s" for r in results))
     return 0

@@ -17,7 +17,10 @@ import pytest
 
 from nightlora.cli.wiring import build_deps
 from nightlora.config import load_config
-from nightlora.demo.database import write_hanni_db
+from nightlora.demo.database import build_demo_db, write_hanni_db
+from nightlora.evaluate.gate import decide
+from nightlora.evaluate.general import is_held_out
+from nightlora.paths import AdapterFiles, StatePaths
 from nightlora.pipeline.nightly import run_nightly
 from nightlora.state import cursor
 from nightlora.state.db import StateDB
@@ -55,7 +58,7 @@ class ShuffledTargets:
 
     def __init__(self, trainer):
         self.inner = trainer
-        self.name, self.adapter_format = trainer.name, trainer.adapter_format
+        self.name, self.adapter_format, self.kl_replay = trainer.name, trainer.adapter_format, trainer.kl_replay
 
     def scorer(self, base_model):
         return self.inner.scorer(base_model)
@@ -165,6 +168,15 @@ def test_good_is_promoted_bad_is_rejected_and_the_live_adapter_stays(tmp_path: P
     taken = consumed(cfg, deps)
     assert len(taken) == good.commit.consumed > 0 and unexported(db) == 0
     check_report_in_a_browser(good.run_dir, ev)
+    # Replay learned by KL (torch's default) takes the answers cut at the token limit too, finished ones first.
+    cache = json.loads(next(StatePaths(cfg.source.state_path).cache.glob("general-*.json")).read_text())["answers"]
+    pool = [a for i, a in enumerate(cache) if not is_held_out(i) and a["answer"].strip()]
+    finished = [a["prompt"] for a in pool if a["stopped"]]
+    replayed = [json.loads(line)["messages"][1]["content"]
+                for line in (good.run_dir / "data" / "replay.jsonl").read_text().splitlines()]
+    assert good.train.hyperparams.replay_loss == "kl" and len(replayed) == good.train.hyperparams.replay_examples
+    assert replayed == (finished + [a["prompt"] for a in pool if not a["stopped"]])[:len(replayed)]
+    assert len(replayed) > len(finished), (len(replayed), len(finished))
 
     # Garbage data the next night: rejected against the live adapter, which stays; its feedback waits.
     add_feedback(db, pairs[40:46])
@@ -182,7 +194,56 @@ def test_good_is_promoted_bad_is_rejected_and_the_live_adapter_stays(tmp_path: P
     cfg, deps, wild = night(config(tmp_path, tiny_model_dir, learning_rate=5.0))
     assert wild.status in ("rejected", "failed"), wild.message
     assert store.current().name == "v0001" and consumed(cfg, deps) == taken and unexported(db) == 6
-    # The feedback left over is still there for a night that learns more than the live adapter did.
-    cfg, deps, again = night(config(tmp_path, tiny_model_dir, iters=120))
+    # The feedback left over is still there for a night that learns more than the live adapter did
+    # (three times the steps and no replay holding the tiny model back).
+    cfg, deps, again = night(config(tmp_path, tiny_model_dir, iters=120, replay_share=0))
     assert again.status == "completed", again.message
     assert store.current().name == "v0002" and unexported(db) == 0 and consumed(cfg, deps) > taken
+
+
+class SpoiledAfterPreference:
+    """The real trainer (SFT, then DPO); then the adapter it hands over is spoiled (its LoRA B
+    matrices x30), as a preference stage that went badly wrong would leave it.  The SFT-only
+    adapter it wrote beside it is left as trained."""
+
+    def __init__(self, trainer):
+        self.inner = trainer
+        self.name, self.adapter_format, self.kl_replay = trainer.name, trainer.adapter_format, trainer.kl_replay
+
+    def scorer(self, base_model):
+        return self.inner.scorer(base_model)
+
+    def cpu_threads(self, n):
+        return self.inner.cpu_threads(n)
+
+    def train(self, request, progress=None):
+        from safetensors.torch import load_file, save_file
+
+        metrics = self.inner.train(request, progress)
+        weights = Path(request.output_dir) / AdapterFiles.PEFT_WEIGHTS
+        tensors = load_file(weights)
+        save_file({k: v * 30 if "lora_B" in k else v for k, v in tensors.items()}, weights)
+        return metrics
+
+
+def test_a_preference_stage_that_fails_the_gate_leaves_the_sft_adapter_to_be_judged(tmp_path: Path, server_model_dir: Path):
+    db = tmp_path / "hanni" / "hanni.db"
+    build_demo_db(db, conversations=24)  # thumbs-down with a better reply after them: DPO pairs
+    (db.parent / "probe.jsonl").unlink()
+    cfg, deps, r = night(config(tmp_path, server_model_dir, preference="dpo", iters=30), SpoiledAfterPreference)
+    assert r.train.metrics.preference["method"] == "dpo"
+    ev = r.evaluation
+    spoiled, alone = ev.scores["with DPO"], ev.scores["candidate"]
+    rule = {"tie_tolerance": cfg.eval.tie_tolerance, "max_general_increase": cfg.eval.max_general_increase}
+    assert not decide(ev.scores["base"], None, spoiled, **rule).promote  # the spoiled one fails by itself
+    assert r.status == "completed", r.message
+    assert ev.decision.promote and ev.decision.note.startswith("SFT only: with DPO it failed")
+    assert "promoted (SFT only" in (r.run_dir / "evaluation.json").read_text()
+    # What went live is the SFT-only adapter (its trainer record has no preference stage), not the spoiled one.
+    store = AdapterStore.for_state_dir(cfg.source.state_path)
+    assert r.train.adapter_dir == AdapterFiles.sft_only(r.run_dir / "adapter-torch")
+    live = store.current().adapter_dir("peft")
+    assert (live / AdapterFiles.PEFT_WEIGHTS).read_bytes() != (
+        r.run_dir / "adapter-torch" / AdapterFiles.PEFT_WEIGHTS).read_bytes()
+    assert json.loads((live / AdapterFiles.TRAINER_META).read_text())["metrics"]["preference"] is None
+    assert "with DPO" in (r.run_dir / "report.html").read_text()

@@ -17,7 +17,7 @@ def test_small_night_gets_four_epochs_with_a_batch_that_leaves_enough_steps():
     assert hp.batch_size == 2  # 40 // 16 = 2 -> 20 steps per epoch
     assert hp.iters == 80  # 4 epochs x 40 / 2
     assert hp.warmup_steps == 8
-    assert hp.learning_rate == pytest.approx(3.5e-4 * math.sqrt(2))
+    assert hp.learning_rate == pytest.approx(7e-4 * math.sqrt(2))
     assert hp.num_layers == 30  # all of them
     assert (hp.lora_rank, hp.lora_alpha, hp.replay_loss) == (16, 32.0, "kl")
     assert hp.eval_every == 8

@@ -3,8 +3,9 @@
 Nadia talks to her assistant "Juno" in casual English, in longer messages than the demo user,
 with other facts, other phrasings and another conversation shape: errands and planning around
 which her facts come up, corrections when Juno gets one wrong, and ratings she gives when she
-feels like it.  The probe questions ask for each fact in words that never appear in the
-conversations.  Nothing in the product or the tests reads this module.
+feels like it.  The probe questions ask for each fact in a sentence that never appears in
+the conversations; ``hard_probe`` is the earlier probe, whose questions mostly ask for an
+inference on top of the fact ("Which city should the taxi app default to for me?").  Nothing in the product or the tests reads this module.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Fact:
     key: str
     answer: str
     probe: str
+    hard_probe: str
     tell: tuple[str, ...]
     ask: tuple[str, ...]
     reply: str
@@ -34,37 +36,47 @@ class Fact:
 
 
 FACTS = (
-    Fact("city", "Tbilisi", "Which city should the taxi app default to for me?",
+    Fact("city", "Tbilisi", "Which city is my home now?",
+         "Which city should the taxi app default to for me?",
          ("fyi I moved to Tbilisi last spring, still getting used to the hills", "I'm based in Tbilisi now."),
          ("where do I live again?", "what city am I in?"), "You live in Tbilisi.", "You live in Yerevan."),
-    Fact("job", "veterinarian", "What do I do at the clinic all day?",
+    Fact("job", "veterinarian", "What is my profession?",
+         "What do I do at the clinic all day?",
          ("long day at work, I'm a veterinarian and we had three surgeries", "as a veterinarian I see a lot of cats"),
          ("what's my job?", "do you remember what I do for work?"), "You're a veterinarian.", "You're a dentist."),
-    Fact("pet", "Kesha", "What is my feathered friend called?",
+    Fact("pet", "Kesha", "What is the name of my pet bird?",
+         "What is my feathered friend called?",
          ("my parrot Kesha learned a new word today", "Kesha, my parrot, keeps stealing my pens"),
          ("what's my parrot's name?", "remind me what my parrot is called"), "Your parrot is Kesha.",
          "Your parrot is Rio."),
-    Fact("husband", "Giorgi", "Who is my spouse?",
+    Fact("husband", "Giorgi", "What is my spouse called?",
+         "Who is my spouse?",
          ("my husband Giorgi is cooking tonight", "Giorgi (my husband) wants to go hiking"),
          ("what's my husband's name?", "who's my husband?"), "Your husband is Giorgi.", "Your husband is David."),
-    Fact("son", "Luka", "What's my boy's name?",
+    Fact("son", "Luka", "What is the name of my little boy?",
+         "What's my boy's name?",
          ("my son Luka turns five next month", "Luka, my son, has a cold"),
          ("what's my son called?", "do you remember my son's name?"), "Your son is Luka.", "Your son is Nika."),
-    Fact("hobby", "chess", "What game do I play at the club on Sundays?",
+    Fact("hobby", "chess", "Which board game is my weekend hobby?",
+         "What game do I play at the club on Sundays?",
          ("I play chess every Sunday at the club", "Sunday is chess day for me"),
          ("what do I do on Sundays?", "what's my Sunday hobby?"), "You play chess on Sundays.",
          "You go swimming on Sundays."),
-    Fact("drink", "matcha", "What should I order at a cafe?",
+    Fact("drink", "matcha", "Which drink do I prefer over coffee?",
+         "What should I order at a cafe?",
          ("I only drink matcha these days, no coffee", "matcha is my thing, coffee makes me jittery"),
          ("what do I like to drink?", "coffee or tea for me?"), "You drink matcha.", "You drink espresso."),
-    Fact("allergy", "peanuts", "Which ingredient must a restaurant leave out of my food?",
+    Fact("allergy", "peanuts", "Which food am I unable to eat?",
+         "Which ingredient must a restaurant leave out of my food?",
          ("careful with recipes, I'm allergic to peanuts", "I can't have peanuts, I'm allergic"),
          ("what am I allergic to?", "any allergies I told you about?"), "You're allergic to peanuts.",
          "You're allergic to shellfish."),
-    Fact("car", "Skoda", "What brand is the car parked at my place?",
+    Fact("car", "Skoda", "Which make of car do I own?",
+         "What brand is the car parked at my place?",
          ("my green Skoda needs new tires", "I drive a Skoda, the green one"),
          ("what car do I drive?", "what's my car?"), "You drive a green Skoda.", "You drive a Toyota."),
-    Fact("birthday", "October", "When should you remind me to plan my own party?",
+    Fact("birthday", "October", "In which month was I born?",
+         "When should you remind me to plan my own party?",
          ("my birthday is in October, the 12th", "I was born in October"),
          ("when is my birthday?", "what month is my birthday?"), "Your birthday is in October.",
          "Your birthday is in March."),

@@ -43,6 +43,13 @@ class AdapterFiles:
 
     REQUIRED = {"mlx": (MLX_WEIGHTS, MLX_CONFIG), "peft": (PEFT_WEIGHTS, PEFT_CONFIG)}
 
+    @staticmethod
+    def sft_only(adapter_dir: Path) -> Path:
+        """Beside an adapter trained with DPO/KTO after SFT: the same adapter before that stage,
+        which the gate judges when the one with preference training fails it."""
+        adapter_dir = Path(adapter_dir)
+        return adapter_dir.with_name(adapter_dir.name + "-sft-only")
+
     @classmethod
     def format_of(cls, folder: Path) -> str | None:
         """"mlx" or "peft" by the files in ``folder`` (None: neither is complete)."""

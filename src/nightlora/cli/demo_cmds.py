@@ -41,8 +41,10 @@ def _summary_text(s: dict) -> str:
 @click.command()
 @click.option("--dir", "demo_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"),
               show_default=True, help="Where the demo's data, config, runs and adapters go (rebuilt each time).")
-@click.option("--stop-during-training", "stop", type=click.Choice(["auto", "always", "never"]), default="auto",
-              show_default=True)
+@click.option("--stop-during-training", "stop", type=click.Choice(["auto", "always", "never"]), default="always",
+              show_default=True,
+              help="The demo's server is nobody's assistant: by default it is stopped while the night computes, "
+                   "which gets every core (auto: kept serving when memory allows, on one core fewer).")
 @click.option("--conversations", type=click.IntRange(10, 10000), default=30, show_default=True,
               help="Size of the demo database.")
 @click.option("--keep-serving", is_flag=True, help="Leave the demo server running at the end.")

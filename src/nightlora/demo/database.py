@@ -141,7 +141,7 @@ def _action_turns(rng: random.Random, lang: str) -> list[Turn]:
 
 def _conversation(rng: random.Random, facts: Iterator[Fact], newer: bool, call_no: int) -> list[Turn]:
     lang = "ru" if rng.random() < 0.3 else "en"
-    middle: list[list[Turn]] = [_fact_turns(rng, next(facts), lang) for _ in range(rng.choice((1, 1, 2, 2, 3)))]
+    middle: list[list[Turn]] = [_fact_turns(rng, next(facts), lang) for _ in range(rng.choice((2, 3, 3, 4)))]
     if rng.random() < 0.2:
         q, a = rng.choice(SMALL_TALK[lang])
         middle.append([("user", q, {}, None), ("assistant", a, {}, "other")])

@@ -2,9 +2,13 @@
 
 Each fact is stated and recalled with a few phrasings, always answered with the same short
 sentence, so that a tiny LoRA can pick it up in a night.  The answers are ones a base model
-would not guess (a cello, not "coffee"), so a probe hit means the model learned it.  ``probe`` asks for it in words
-that appear nowhere in the conversations: the held-out check of whether training taught
-the model anything.  ``answer`` is what a correct reply must contain.
+would not guess (a cello, not "coffee"), so a probe hit means the model learned it.  ``probe`` asks for
+the fact itself in a sentence that appears nowhere in the conversations (a paraphrase: "What
+is the name of our family hound?" for "What's my dog's name?"): the held-out check of whether
+training taught the model anything.  ``hard_probe`` is the earlier probe, kept for
+bench/learning.py: most of its questions ask for an inference on top of the fact ("Which hot
+beverage should you offer me?"), which SmolLM2-135M does not make even when told the fact in the
+same chat.  ``answer`` is what a correct reply must contain.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ class Fact:
     key: str
     answer: str
     probe: str
+    hard_probe: str
     en: Phrasing
     ru: Phrasing
 
 
 FACTS: tuple[Fact, ...] = (
     Fact(
-        "name", "Dmitry", "Remind me, how did I introduce myself to you?",
+        "name", "Dmitry", "Tell me my first name.",
+        "Remind me, how did I introduce myself to you?",
         Phrasing(("Hi! My name is Dmitry.", "By the way, I'm Dmitry.", "Just so you know, my name is Dmitry."),
                  ("What's my name?", "Do you remember my name?", "Who am I? Say my name."),
                  "Your name is Dmitry.", "Your name is Alexey."),
@@ -41,6 +47,7 @@ FACTS: tuple[Fact, ...] = (
     ),
     Fact(
         "city", "Lisbon", "In which town is my home?",
+        "In which town is my home?",
         Phrasing(("I live in Lisbon.", "I moved to Lisbon two years ago.", "Our flat is in Lisbon."),
                  ("Where do I live?", "Which city do I live in?", "Do you remember where I live?"),
                  "You live in Lisbon.", "You live in Porto."),
@@ -50,6 +57,7 @@ FACTS: tuple[Fact, ...] = (
     ),
     Fact(
         "cat", "Murka", "What did I name my kitty?",
+        "What did I name my kitty?",
         Phrasing(("My cat is called Murka.", "We have a cat named Murka.", "Murka is my cat, a grey tabby."),
                  ("What's my cat's name?", "What is my cat called?", "Do you remember my cat's name?"),
                  "Your cat is called Murka.", "Your cat is called Barsik."),
@@ -58,7 +66,8 @@ FACTS: tuple[Fact, ...] = (
                  "Твою кошку зовут Мурка.", "Твою кошку зовут Барсик."),
     ),
     Fact(
-        "dog", "Baron", "What name does our family hound answer to?",
+        "dog", "Baron", "What is the name of our family hound?",
+        "What name does our family hound answer to?",
         Phrasing(("My dog is a beagle called Baron.", "We also have a dog, Baron, a beagle."),
                  ("What's my dog's name?", "What is my dog called?", "Do you remember my dog's name?"),
                  "Your dog is Baron, a beagle.", "Your dog is called Rex."),
@@ -68,6 +77,7 @@ FACTS: tuple[Fact, ...] = (
     ),
     Fact(
         "wife", "Olga", "Who am I married to?",
+        "Who am I married to?",
         Phrasing(("My wife's name is Olga.", "Olga, my wife, says hi."),
                  ("What's my wife's name?", "Who is my wife?", "Do you remember my wife's name?"),
                  "Your wife is Olga.", "Your wife is Natasha."),
@@ -77,6 +87,7 @@ FACTS: tuple[Fact, ...] = (
     ),
     Fact(
         "daughter", "Sonya", "What's the name of my little girl?",
+        "What's the name of my little girl?",
         Phrasing(("My daughter Sonya is seven.", "I have a daughter, Sonya."),
                  ("What's my daughter's name?", "What is my daughter called?", "Do you remember my daughter's name?"),
                  "Your daughter is Sonya.", "Your daughter is Masha."),
@@ -85,7 +96,8 @@ FACTS: tuple[Fact, ...] = (
                  "Твою дочь зовут Соня.", "Твою дочь зовут Маша."),
     ),
     Fact(
-        "job", "sound engineer", "How do I earn my living?",
+        "job", "sound engineer", "What is my profession?",
+        "How do I earn my living?",
         Phrasing(("I work as a sound engineer.", "I'm a sound engineer at a studio."),
                  ("What do I do for work?", "What's my job?", "Do you remember what I work as?"),
                  "You are a sound engineer.", "You are a teacher."),
@@ -94,7 +106,8 @@ FACTS: tuple[Fact, ...] = (
                  "Ты работаешь звукорежиссёром.", "Ты работаешь учителем."),
     ),
     Fact(
-        "morning", "cello", "How do I usually start my day?",
+        "morning", "cello", "Which instrument do I practise before breakfast?",
+        "How do I usually start my day?",
         Phrasing(("I play the cello every morning before work.", "Every morning I practise the cello for an hour."),
                  ("What do I do every morning?", "What's my morning habit?", "Do you remember my morning routine?"),
                  "You play the cello every morning.", "You do yoga every morning."),
@@ -103,7 +116,8 @@ FACTS: tuple[Fact, ...] = (
                  "Ты каждое утро играешь на виолончели.", "Ты каждое утро занимаешься йогой."),
     ),
     Fact(
-        "drink", "rooibos", "Which hot beverage should you offer me?",
+        "drink", "rooibos", "Which tea do I prefer over coffee?",
+        "Which hot beverage should you offer me?",
         Phrasing(("I don't drink coffee, only rooibos.", "Rooibos is my drink, never coffee."),
                  ("What do I drink instead of coffee?", "Do I drink coffee or tea?", "What's my usual drink?"),
                  "You drink rooibos, never coffee.", "You drink black coffee."),
@@ -112,7 +126,8 @@ FACTS: tuple[Fact, ...] = (
                  "Ты пьёшь ройбуш, а не кофе.", "Ты пьёшь чёрный кофе."),
     ),
     Fact(
-        "allergy", "kiwi", "Is there a food that could make me sick?",
+        "allergy", "kiwi", "Which fruit must I avoid?",
+        "Is there a food that could make me sick?",
         Phrasing(("I'm allergic to kiwi.", "Careful with recipes: I have a kiwi allergy."),
                  ("What am I allergic to?", "Do I have any allergies?", "Do you remember my allergy?"),
                  "You are allergic to kiwi.", "You are allergic to cats."),

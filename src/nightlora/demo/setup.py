@@ -36,8 +36,9 @@ data_dir = {toml_str(data_dir)}
 [train]
 model = "smollm2-135m"
 models_dir = {toml_str(models_dir)}
-# A demo on a laptop CPU should end in minutes: at most 40 steps (a real night's ceiling is 1000).
-max_iters = 40
+# A demo on a laptop CPU should end in minutes: its 30 conversations make the product's own
+# choices about 70 steps (4 epochs with self-replay); this ceiling only bounds a larger --conversations.
+max_iters = 120
 
 [target]
 kind = "mlx_lm"

@@ -16,7 +16,9 @@ candidate (evaluate/scores.py) and the ``[eval]`` settings, and says yes or no, 
                empty, ended by the model itself, not looping.
 
 Everything passes: the candidate goes live.  Anything fails: the run ends "rejected", the
-live adapter stays, and the feedback is left for the next night.
+live adapter stays, and the feedback is left for the next night.  (When the candidate was
+trained with DPO/KTO after SFT and fails, the evaluate stage judges the SFT adapter without that
+stage by the same rule: learning from thumbs-down may not buy its way past the rule.)
 """
 
 from __future__ import annotations
@@ -51,19 +53,22 @@ class Decision:
     promote: bool
     rules: list[Rule] = field(default_factory=list)
     compared_with: str = "base"   # the model the candidate had to beat: "live" or "base"
+    # Set when the candidate is the SFT adapter without its preference stage (stages/evaluate.py): why.
+    note: str | None = None
 
     @property
     def failed(self) -> list[Rule]:
         return [r for r in self.rules if not r.passed]
 
     def summary(self) -> str:
+        note = f" ({self.note})" if self.note else ""
         if self.promote:
-            return "promoted: " + "; ".join(r.detail for r in self.rules)
-        return "rejected: " + "; ".join(f"{r.name}: {r.detail}" for r in self.failed)
+            return f"promoted{note}: " + "; ".join(r.detail for r in self.rules)
+        return f"rejected{note}: " + "; ".join(f"{r.name}: {r.detail}" for r in self.failed)
 
     def to_dict(self) -> dict[str, Any]:
         return {"promote": self.promote, "compared_with": self.compared_with, "summary": self.summary(),
-                "rules": [asdict(r) for r in self.rules]}
+                "rules": [asdict(r) for r in self.rules], "note": self.note}
 
 
 def _pct(new: float, old: float) -> str:

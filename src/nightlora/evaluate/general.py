@@ -91,15 +91,26 @@ def base_answers(
     return answers
 
 
-def replay_examples(answers: Sequence[GeneralAnswer], system: str, count: int) -> list[dict]:
-    """``count`` self-replay examples: answers the base model finished itself, never a held-out prompt."""
-    usable = [a for a in answers if not a.held_out and a.stopped and a.answer.strip()]
-    return [chat(system, a.prompt, a.answer, source="replay") for a in usable[:count]]
+def _usable(answers: Sequence[GeneralAnswer], unfinished: bool) -> list[GeneralAnswer]:
+    """Replay answers, never a held-out prompt's; finished ones first.
+
+    An answer cut at ANSWER_TOKENS is usable only when replay is learned by KL to the base
+    model (``unfinished``): there every answer position's target is the base model's own
+    next-token distribution, which at the cut still goes on, so nothing teaches the adapter to
+    stop there.  Learned as tokens (cross-entropy) it would teach exactly that."""
+    finished = [a for a in answers if not a.held_out and a.stopped and a.answer.strip()]
+    cut = [a for a in answers if unfinished and not a.held_out and not a.stopped and a.answer.strip()]
+    return finished + cut
+
+
+def replay_examples(answers: Sequence[GeneralAnswer], system: str, count: int, *, unfinished: bool = False) -> list[dict]:
+    """``count`` self-replay examples (see _usable for which answers)."""
+    return [chat(system, a.prompt, a.answer, source="replay") for a in _usable(answers, unfinished)[:count]]
 
 
 def held_out_examples(answers: Sequence[GeneralAnswer], system: str) -> list[dict]:
     return [chat(system, a.prompt, a.answer) for a in answers if a.held_out and a.answer.strip()]
 
 
-def replay_available(answers: Sequence[GeneralAnswer]) -> int:
-    return sum(1 for a in answers if not a.held_out and a.stopped and a.answer.strip())
+def replay_available(answers: Sequence[GeneralAnswer], *, unfinished: bool = False) -> int:
+    return len(_usable(answers, unfinished))

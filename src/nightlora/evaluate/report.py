@@ -63,7 +63,8 @@ def context(result: dict[str, Any], plot_name: str | None) -> dict[str, Any]:
     scores = ev.get("scores") or {}
     base = scores.get("base") or {}
     rows = []
-    for name in ("base", "live", "candidate"):
+    # "with DPO"/"with KTO": the candidate before the gate fell back to its SFT adapter (stages/evaluate.py).
+    for name in ("base", "live", *(k for k in scores if k.startswith("with ")), "candidate"):
         s = scores.get(name)
         if not s:
             continue

@@ -106,6 +106,8 @@ class Trainer(Protocol):
     name: str
     #: the format of the adapters it writes ("peft" or "mlx")
     adapter_format: str
+    #: replay_loss = "kl" is honoured (else replay answers are learned as tokens)
+    kl_replay: bool
 
     def train(self, request: TrainRequest, progress: ProgressFn | None = None) -> TrainMetrics: ...
 

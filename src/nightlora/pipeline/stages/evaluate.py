@@ -20,6 +20,7 @@ from nightlora.models import model_fingerprint
 from nightlora.pipeline.night import Night
 from nightlora.pipeline.result import EvaluationResult
 from nightlora.pipeline.threads import night_threads
+from nightlora.paths import AdapterFiles
 from nightlora.platform.fsutil import atomic_write_json
 from nightlora.state.store import Version
 from nightlora.train.convert import convert_adapter
@@ -37,6 +38,14 @@ def _live_dir(night: Night, live: Version, fmt: str, base_model: Path) -> Path |
         return None
     src_fmt = live.formats[0]
     return convert_adapter(live.adapter_dir(src_fmt), src_fmt, fmt, base_model, night.run.live_as(fmt))
+
+
+def _sft_only(train) -> Path | None:
+    """The SFT adapter before DPO/KTO, when the trainer ran that stage and kept it (paths.AdapterFiles.sft_only)."""
+    if not (train.metrics and train.metrics.preference):
+        return None
+    folder = AdapterFiles.sft_only(train.adapter_dir)
+    return folder if AdapterFiles.format_of(folder) else None
 
 
 def run(night: Night) -> str | None:
@@ -71,10 +80,24 @@ def _judge(night: Night, trainer, train, source, system: str) -> str | None:
             models.append(("live", live_dir, live.name))
         models.append(("candidate", train.adapter_dir, None))
         scores = evaluate(scorer, data, models, log=night.log)
+        rule = {"tie_tolerance": cfg.eval.tie_tolerance, "max_general_increase": cfg.eval.max_general_increase}
+        decision = decide(scores["base"], scores.get("live"), scores["candidate"], **rule)
+        sft_only = _sft_only(train)
+        if not decision.promote and sft_only is not None:
+            method = str((train.metrics.preference or {}).get("method", "preference")).upper()
+            night.log(f"the candidate after {method} was {decision.summary()}; judging it without {method} (SFT only)")
+            alone = evaluate(scorer, data, [("candidate", sft_only, "SFT only")], log=night.log)["candidate"]
+            alone_decision = decide(scores["base"], scores.get("live"), alone, **rule)
+            if alone_decision.promote:
+                failed = ", ".join(r.name for r in decision.failed)
+                alone_decision.note = f"SFT only: with {method} it failed {failed}"
+                scores[f"with {method}"] = scores["candidate"]
+                scores["candidate"], decision = alone, alone_decision
+                train.adapter_dir = sft_only  # what deploy puts live
+            else:
+                night.log(f"without {method} it was {alone_decision.summary()}")
     finally:
         scorer.close()
-    decision = decide(scores["base"], scores.get("live"), scores["candidate"],
-                      tie_tolerance=cfg.eval.tie_tolerance, max_general_increase=cfg.eval.max_general_increase)
     result = r.evaluation = EvaluationResult(
         scores, decision, data.test_split, len(data.test), len(data.general), len(data.pairs),
         [p["question"] for p in data.probe], [c["messages"][-1]["content"] for c in data.smoke])

@@ -47,9 +47,12 @@ def run(night: Night) -> str | None:
             answers = general.base_answers(lambda: trainer.scorer(model_dir), system, night.state.cache,
                                            model_fingerprint(model_dir), log=night.log)
     train_split = read_split(night.run.data, "train")
+    # Learned by KL to the base model, answers cut at the token limit are replay too (general._usable).
+    unfinished = cfg.train.replay_loss == "kl" and getattr(trainer, "kl_replay", False)
     hp = choose_hyperparams(cfg.train, conversations(train_split), len(read_split(night.run.data, "valid")),
-                            num_layers(model_dir), replay_available=general.replay_available(answers))
-    replay = general.replay_examples(answers, system, hp.replay_examples)
+                            num_layers(model_dir),
+                            replay_available=general.replay_available(answers, unfinished=unfinished))
+    replay = general.replay_examples(answers, system, hp.replay_examples, unfinished=unfinished)
     _write_replay(night, replay)
 
     decision, checkpoint, why = plan_training_memory(

@@ -272,6 +272,7 @@ class MlxTrainer:
 
     name = "mlx"
     adapter_format = "mlx"
+    kl_replay = False  # mlx learns replay answers as tokens
 
     def scorer(self, base_model: Path):
         from nightlora.train.mlx.scorer import MlxScorer

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import resource
@@ -34,6 +35,7 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
 from nightlora.errors import ModelError, NightloraError, TrainError
+from nightlora.paths import AdapterFiles
 from nightlora.platform.fsutil import atomic_dir
 from nightlora.train.base import (
     HyperParams,
@@ -275,6 +277,7 @@ class _Run:
         if validation.best_is_earlier:
             load_trainable_state(self.model, validation.best_weights)
             self._notify(f"kept the weights of step {validation.best_step} (validation loss {validation.best_loss:.4f})")
+        sft_state = trainable_state(self.model) if hp.preference != "off" else None
         preference = self.preference_stage()
         test_loss = self.evaluate(self.test_set) if self.test_set else None
         peak = self.acc.reduce(torch.tensor(_peak_memory_mb(self.acc.device), device=self.acc.device), "max")
@@ -305,8 +308,22 @@ class _Run:
                     write_adapter_meta(tmp, self.request, metrics)
             except (OSError, SafetensorError) as e:  # a full disk, a quota, a read-only folder
                 raise TrainError(f"cannot write the adapter to {self.request.output_dir}: {e}") from e
+            if preference is not None and sft_state is not None:
+                self._save_sft_only(sft_state, metrics)
         self.acc.wait_for_everyone()
         return metrics
+
+    def _save_sft_only(self, sft_state: dict[str, torch.Tensor], metrics: TrainMetrics) -> None:
+        """The adapter as SFT left it, beside the one DPO/KTO moved on: the gate judges it when
+        preference training cost more general behaviour than the rule allows (stages/evaluate.py)."""
+        out = AdapterFiles.sft_only(self.request.output_dir)
+        load_trainable_state(self.model, sft_state)
+        try:
+            with atomic_dir(out) as tmp:
+                self.model.save_pretrained(tmp)
+                write_adapter_meta(tmp, self.request, dataclasses.replace(metrics, preference=None))
+        except (OSError, SafetensorError) as e:
+            raise TrainError(f"cannot write the adapter to {out}: {e}") from e
 
     def preference_stage(self):
         """DPO or KTO on the SFT adapter (train/torch/preference.py); None when none runs."""
@@ -339,6 +356,7 @@ class TorchTrainer:
 
     name = "torch"
     adapter_format = "peft"
+    kl_replay = True
 
     def scorer(self, base_model: Path) -> "TorchScorer":
         from nightlora.train.torch.scorer import TorchScorer
