@@ -53,8 +53,8 @@ def add_feedback(db: Path, pairs: list[tuple[str, str]]) -> None:
                          " VALUES (?, 1, 1, '2026-02-01T10:01:00', 0)", (n,))
 
 
-class ShuffledTargets:
-    """The real trainer on a train split whose replies were shuffled across examples (garbage data)."""
+class WrappedTrainer:
+    """The real trainer, passed through; subclasses change what its train() does."""
 
     def __init__(self, trainer):
         self.inner = trainer
@@ -65,6 +65,10 @@ class ShuffledTargets:
 
     def cpu_threads(self, n):
         return self.inner.cpu_threads(n)
+
+
+class ShuffledTargets(WrappedTrainer):
+    """The real trainer on a train split whose replies were shuffled across examples (garbage data)."""
 
     def train(self, request, progress=None):
         path = Path(request.dataset_dir) / "train.jsonl"
@@ -201,20 +205,10 @@ def test_good_is_promoted_bad_is_rejected_and_the_live_adapter_stays(tmp_path: P
     assert store.current().name == "v0002" and unexported(db) == 0 and consumed(cfg, deps) > taken
 
 
-class SpoiledAfterPreference:
+class SpoiledAfterPreference(WrappedTrainer):
     """The real trainer (SFT, then DPO); then the adapter it hands over is spoiled (its LoRA B
     matrices x30), as a preference stage that went badly wrong would leave it.  The SFT-only
     adapter it wrote beside it is left as trained."""
-
-    def __init__(self, trainer):
-        self.inner = trainer
-        self.name, self.adapter_format, self.kl_replay = trainer.name, trainer.adapter_format, trainer.kl_replay
-
-    def scorer(self, base_model):
-        return self.inner.scorer(base_model)
-
-    def cpu_threads(self, n):
-        return self.inner.cpu_threads(n)
 
     def train(self, request, progress=None):
         from safetensors.torch import load_file, save_file

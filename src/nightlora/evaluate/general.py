@@ -98,9 +98,8 @@ def _usable(answers: Sequence[GeneralAnswer], unfinished: bool) -> list[GeneralA
     model (``unfinished``): there every answer position's target is the base model's own
     next-token distribution, which at the cut still goes on, so nothing teaches the adapter to
     stop there.  Learned as tokens (cross-entropy) it would teach exactly that."""
-    finished = [a for a in answers if not a.held_out and a.stopped and a.answer.strip()]
-    cut = [a for a in answers if unfinished and not a.held_out and not a.stopped and a.answer.strip()]
-    return finished + cut
+    pool = [a for a in answers if not a.held_out and a.answer.strip()]
+    return [a for a in pool if a.stopped] + ([a for a in pool if not a.stopped] if unfinished else [])
 
 
 def replay_examples(answers: Sequence[GeneralAnswer], system: str, count: int, *, unfinished: bool = False) -> list[dict]:

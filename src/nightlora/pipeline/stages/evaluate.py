@@ -84,7 +84,7 @@ def _judge(night: Night, trainer, train, source, system: str) -> str | None:
         decision = decide(scores["base"], scores.get("live"), scores["candidate"], **rule)
         sft_only = _sft_only(train)
         if not decision.promote and sft_only is not None:
-            method = str((train.metrics.preference or {}).get("method", "preference")).upper()
+            method = train.metrics.preference["method"].upper()  # _sft_only: a preference stage ran
             night.log(f"the candidate after {method} was {decision.summary()}; judging it without {method} (SFT only)")
             alone = evaluate(scorer, data, [("candidate", sft_only, "SFT only")], log=night.log)["candidate"]
             alone_decision = decide(scores["base"], scores.get("live"), alone, **rule)

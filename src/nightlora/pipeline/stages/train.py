@@ -48,7 +48,7 @@ def run(night: Night) -> str | None:
                                            model_fingerprint(model_dir), log=night.log)
     train_split = read_split(night.run.data, "train")
     # Learned by KL to the base model, answers cut at the token limit are replay too (general._usable).
-    unfinished = cfg.train.replay_loss == "kl" and getattr(trainer, "kl_replay", False)
+    unfinished = cfg.train.replay_loss == "kl" and trainer.kl_replay
     hp = choose_hyperparams(cfg.train, conversations(train_split), len(read_split(night.run.data, "valid")),
                             num_layers(model_dir),
                             replay_available=general.replay_available(answers, unfinished=unfinished))

@@ -302,27 +302,21 @@ class _Run:
             preference=preference.to_dict() if preference else None,
         )
         if self.acc.is_main_process:
-            try:
-                with atomic_dir(self.request.output_dir) as tmp:  # a failed write leaves no adapter behind
-                    self.model.save_pretrained(tmp)
-                    write_adapter_meta(tmp, self.request, metrics)
-            except (OSError, SafetensorError) as e:  # a full disk, a quota, a read-only folder
-                raise TrainError(f"cannot write the adapter to {self.request.output_dir}: {e}") from e
+            self._save(self.request.output_dir, metrics)
             if preference is not None and sft_state is not None:
-                self._save_sft_only(sft_state, metrics)
+                # The adapter as SFT left it, beside the one DPO/KTO moved on: the gate judges it when
+                # preference training cost more general behaviour than the rule allows (stages/evaluate.py).
+                load_trainable_state(self.model, sft_state)
+                self._save(AdapterFiles.sft_only(self.request.output_dir), dataclasses.replace(metrics, preference=None))
         self.acc.wait_for_everyone()
         return metrics
 
-    def _save_sft_only(self, sft_state: dict[str, torch.Tensor], metrics: TrainMetrics) -> None:
-        """The adapter as SFT left it, beside the one DPO/KTO moved on: the gate judges it when
-        preference training cost more general behaviour than the rule allows (stages/evaluate.py)."""
-        out = AdapterFiles.sft_only(self.request.output_dir)
-        load_trainable_state(self.model, sft_state)
+    def _save(self, out: Path, metrics: TrainMetrics) -> None:
         try:
-            with atomic_dir(out) as tmp:
+            with atomic_dir(out) as tmp:  # a failed write leaves no adapter behind
                 self.model.save_pretrained(tmp)
-                write_adapter_meta(tmp, self.request, dataclasses.replace(metrics, preference=None))
-        except (OSError, SafetensorError) as e:
+                write_adapter_meta(tmp, self.request, metrics)
+        except (OSError, SafetensorError) as e:  # a full disk, a quota, a read-only folder
             raise TrainError(f"cannot write the adapter to {out}: {e}") from e
 
     def preference_stage(self):
